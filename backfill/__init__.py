@@ -1,0 +1,1 @@
+"""Backfill jobs: the zKillboard client, the paging tasks, and the surfaces that start them."""

@@ -1,0 +1,120 @@
+"""Django settings, read from the environment in this one place (django-environ).
+
+The embedded default needs no service: a SQLite file in the project and no broker, in which
+case Celery tasks run in-process. Set DATABASE_URL and CELERY_BROKER_URL to run the same code
+on PostgreSQL and RabbitMQ.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+
+DEVELOPMENT_SECRET_KEY = "development-only-not-a-secret"
+SECRET_KEY = env.str("DJANGO_SECRET_KEY", default=DEVELOPMENT_SECRET_KEY)
+DEBUG = env.bool("DJANGO_DEBUG", default=True)
+if not DEBUG and SECRET_KEY == DEVELOPMENT_SECRET_KEY:
+    raise ImproperlyConfigured("DJANGO_SECRET_KEY must be set when DJANGO_DEBUG is off.")
+ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django_celery_results",
+    "killboard",
+    "backfill",
+    "enrichment",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+WSGI_APPLICATION = "config.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}")}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Several processes (a demo's server, the CLI) may write; wait for the lock, don't fail.
+    DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 30
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "var" / "static"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="WARNING")},
+}
+
+# Upstreams
+ZKILLBOARD_API_URL = env.str("ZKILLBOARD_API_URL", default="https://zkillboard.com/api/")
+ESI_URL = env.str("ESI_URL", default="https://esi.evetech.net/")
+# Requests per second to zKillboard from the whole deployment (zKillboard asks for about 1).
+ZKILLBOARD_REQUESTS_PER_SECOND = env.float("ZKILLBOARD_REQUESTS_PER_SECOND", default=1.0)
+# Contact details put in the User-Agent of every upstream request, as both upstreams require.
+EVE_CONTACT = env.str("EVE_CONTACT", default="admin@example.com")
+FLOWER_URL = env.str("FLOWER_URL", default="")
+
+# Celery: no broker means the embedded default, where tasks run in-process.
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="")
+CELERY_TASK_ALWAYS_EAGER = not CELERY_BROKER_URL
+CELERY_TASK_EAGER_PROPAGATES = True
+CELERY_RESULT_BACKEND = "django-db"
+CELERY_RESULT_EXTENDED = True
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_DEFAULT_QUEUE = "zkillboard_backfill"
+CELERY_TASK_ROUTES = {
+    "backfill.tasks.fetch_page": {"queue": "zkillboard_backfill"},
+    "backfill.tasks.fetch_bodies": {"queue": "esi_killmail"},
+    "enrichment.tasks.resolve_names": {"queue": "esi_character_info_queue"},
+    "enrichment.tasks.enrich_characters": {"queue": "esi_character_info_queue"},
+    "enrichment.tasks.enrich_corporations": {"queue": "esi_corporation_info_queue"},
+    "enrichment.tasks.enrich_alliances": {"queue": "esi_alliance_info_queue"},
+    "enrichment.tasks.enrich_types": {"queue": "esi_type_info_queue"},
+}
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True

@@ -1,0 +1,1 @@
+"""Enrichment of entities from ESI: names and details."""

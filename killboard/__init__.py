@@ -1,0 +1,1 @@
+"""Killmails, their participants and items, and the entities they reference."""

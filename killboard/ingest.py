@@ -1,0 +1,387 @@
+"""Store batches of killmails: validate, then write in bulk, once, in one transaction.
+
+Idempotency lives in the database: killmails go in with `INSERT ... ON CONFLICT DO NOTHING
+RETURNING`, and participants and items are written only for the killmails that this very
+statement inserted, so a rerun, a redelivered message or two workers racing can never store
+a killmail, a participant or an item twice. Every id is written in ascending order, so two
+batches that share killmails or entities wait for each other instead of deadlocking.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db import connection, transaction
+from django.db.models import Model
+from django.utils import timezone
+
+from killboard.models import (
+    Alliance,
+    Character,
+    Corporation,
+    Faction,
+    Item,
+    ItemType,
+    Killmail,
+    Participant,
+    SolarSystem,
+)
+from killboard.schema import ZKB, InvalidKillmail, parse_time, validate_body, validate_zkb
+
+logger = logging.getLogger(__name__)
+
+# Rows per INSERT statement: well under SQLite's 32766 bound variables at 23 columns a row.
+INSERT_CHUNK = 1000
+
+KILLMAIL_COLUMNS = (
+    "killmail_id",
+    "killmail_time",
+    "solar_system_id",
+    "moon_id",
+    "war_id",
+    "position_x",
+    "position_y",
+    "position_z",
+    "killmail_hash",
+    "location_id",
+    "fitted_value",
+    "dropped_value",
+    "destroyed_value",
+    "total_value",
+    "total_droppable_value",
+    "points",
+    "npc",
+    "solo",
+    "awox",
+    "labels",
+    "zkb_other",
+    "created_at",
+)
+# zkb keys stored in their own columns, in KILLMAIL_COLUMNS order after killmail_hash.
+ZKB_COLUMNS = {
+    "locationID": "location_id",
+    "fittedValue": "fitted_value",
+    "droppedValue": "dropped_value",
+    "destroyedValue": "destroyed_value",
+    "totalValue": "total_value",
+    "totalDroppableValue": "total_droppable_value",
+    "points": "points",
+    "npc": "npc",
+    "solo": "solo",
+    "awox": "awox",
+    "labels": "labels",
+}
+PARTICIPANT_COLUMNS = (
+    "killmail_id",
+    "killmail_time",
+    "is_victim",
+    "ordinal",
+    "character_id",
+    "corporation_id",
+    "alliance_id",
+    "faction_id",
+    "ship_type_id",
+    "weapon_type_id",
+    "damage",
+    "final_blow",
+    "security_status",
+)
+ITEM_COLUMNS = (
+    "killmail_id",
+    "ordinal",
+    "container_ordinal",
+    "item_type_id",
+    "flag",
+    "singleton",
+    "quantity_destroyed",
+    "quantity_dropped",
+)
+ENTITY_KEYS: tuple[tuple[type[Model], tuple[str, ...]], ...] = (
+    (Character, ("character_id",)),
+    (Corporation, ("corporation_id",)),
+    (Alliance, ("alliance_id",)),
+    (Faction, ("faction_id",)),
+    (ItemType, ("ship_type_id", "weapon_type_id")),
+)
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A killmail that was not stored, and why."""
+
+    killmail_id: int | None
+    reason: str
+
+    def __str__(self) -> str:
+        return f"killmail {self.killmail_id or '?'}: {self.reason}"
+
+
+@dataclass
+class IngestResult:
+    """What one or more batches did: ids stored now, ids already stored, rejections."""
+
+    new_ids: list[int] = field(default_factory=list)
+    existing_ids: list[int] = field(default_factory=list)
+    rejected: list[Rejection] = field(default_factory=list)
+
+    @property
+    def new(self) -> int:
+        return len(self.new_ids)
+
+    @property
+    def existing(self) -> int:
+        return len(self.existing_ids)
+
+    def add(self, other: IngestResult) -> None:
+        """Fold another batch's result into this one."""
+        self.new_ids.extend(other.new_ids)
+        self.existing_ids.extend(other.existing_ids)
+        self.rejected.extend(other.rejected)
+
+    def summary(self) -> str:
+        """One line for humans."""
+        return f"{self.new} new, {self.existing} already stored, {len(self.rejected)} rejected"
+
+
+def split_record(record: Any) -> tuple[Mapping[str, Any], Mapping[str, Any] | None]:
+    """Return (ESI body, zkb or None) from any shape zKillboard or ESI hands out.
+
+    Accepted: the body with an optional `zkb` key (zKillboard pages since 2026-06-27, our
+    export), `{"killmail": body, "zkb": ...}`, and a RedisQ `{"package": {...}}`.
+    """
+    if isinstance(record, Mapping) and "package" in record:
+        package = record["package"]
+        if not isinstance(package, Mapping):
+            raise InvalidKillmail(None, "empty RedisQ package, no killmail in it")
+        if "killmail" not in package:
+            raise InvalidKillmail(package.get("killID"), "no killmail body, only its zkb")
+        return package["killmail"], package.get("zkb")
+    if not isinstance(record, Mapping):
+        raise InvalidKillmail(None, f"expected a killmail object, got {record!r:.40}")
+    if "killmail" in record:
+        return record["killmail"], record.get("zkb")
+    if "zkb" in record:
+        body = {key: value for key, value in record.items() if key != "zkb"}
+        if body.keys() <= {"killmail_id"}:
+            raise InvalidKillmail(body.get("killmail_id"), "no killmail body, only its zkb")
+        return body, record["zkb"]
+    return record, None
+
+
+def validate_record(record: Any) -> tuple[Mapping[str, Any], Mapping[str, Any] | None]:
+    """Split and validate one record; raise `InvalidKillmail` with the reason."""
+    body, zkb = split_record(record)
+    validate_body(body)
+    if zkb is not None:
+        validate_zkb(body["killmail_id"], zkb)
+    return body, zkb
+
+
+def ingest_killmails(records: Iterable[Any]) -> IngestResult:
+    """Validate and store one batch of killmails in one transaction; report what happened.
+
+    A rejected killmail changes nothing; the valid ones of its batch are stored.
+    """
+    result = IngestResult()
+    batch: dict[int, tuple[Mapping[str, Any], Mapping[str, Any] | None]] = {}
+    for record in records:
+        try:
+            body, zkb = validate_record(record)
+        except InvalidKillmail as exc:
+            result.rejected.append(Rejection(exc.killmail_id, str(exc)))
+            continue
+        killmail_id = body["killmail_id"]
+        if killmail_id in batch:
+            result.existing_ids.append(killmail_id)
+        else:
+            batch[killmail_id] = (body, zkb)
+    if not batch:
+        return result
+
+    with transaction.atomic():
+        _register_entities(batch[killmail_id][0] for killmail_id in batch)
+        inserted = _insert_killmails([batch[killmail_id] for killmail_id in sorted(batch)])
+        _insert_children([batch[killmail_id][0] for killmail_id in sorted(inserted)])
+    result.new_ids.extend(sorted(inserted))
+    result.existing_ids.extend(sorted(batch.keys() - inserted))
+    for rejection in result.rejected:
+        logger.warning("Rejected %s", rejection)
+    return result
+
+
+def _walk_items(items: Iterable[Mapping[str, Any]]) -> Iterator[tuple[Mapping[str, Any], bool]]:
+    """Yield (item, is_container_content) depth-first: each container before its contents."""
+    for item in items:
+        yield item, False
+        for content in item.get("items", ()):
+            yield content, True
+
+
+def _register_entities(bodies: Iterable[Mapping[str, Any]]) -> None:
+    """Create a nameless row for every entity the bodies reference, for enrichment."""
+    ids: dict[type[Model], set[int]] = {model: set() for model, _ in ENTITY_KEYS}
+    ids[SolarSystem] = set()
+    types = ids[ItemType]
+    for body in bodies:
+        ids[SolarSystem].add(body["solar_system_id"])
+        for participant in (body["victim"], *body["attackers"]):
+            for model, keys in ENTITY_KEYS:
+                for key in keys:
+                    if key in participant:
+                        ids[model].add(participant[key])
+        types.update(item["item_type_id"] for item, _ in _walk_items(body["victim"].get("items", ())))
+    for model, model_ids in ids.items():
+        if model_ids:
+            model.objects.bulk_create(
+                [model(id=entity_id) for entity_id in sorted(model_ids)],
+                ignore_conflicts=True,
+                batch_size=INSERT_CHUNK,
+            )
+
+
+def _killmail_row(body: Mapping[str, Any], zkb: Mapping[str, Any] | None, now: Any) -> list[Any]:
+    zkb = zkb or {}
+    position = body["victim"].get("position") or {}
+    other = {key: value for key, value in zkb.items() if key not in ZKB}
+    labels = zkb.get("labels")
+    json_field = Killmail._meta.get_field("labels")
+    return [
+        body["killmail_id"],
+        connection.ops.adapt_datetimefield_value(parse_time(body["killmail_time"])),
+        body["solar_system_id"],
+        body.get("moon_id"),
+        body.get("war_id"),
+        position.get("x"),
+        position.get("y"),
+        position.get("z"),
+        zkb.get("hash", ""),
+        *(zkb.get(key) for key in ZKB_COLUMNS if key != "labels"),
+        json_field.get_db_prep_save(labels, connection) if labels is not None else None,
+        json_field.get_db_prep_save(other, connection) if other else None,
+        now,
+    ]
+
+
+def _insert_killmails(
+    killmails: list[tuple[Mapping[str, Any], Mapping[str, Any] | None]],
+) -> set[int]:
+    """Insert killmail rows that are not stored yet; return the ids this call inserted."""
+    now = connection.ops.adapt_datetimefield_value(timezone.now())
+    table = connection.ops.quote_name(Killmail._meta.db_table)
+    columns = ", ".join(KILLMAIL_COLUMNS)
+    row_sql = f"({', '.join(['%s'] * len(KILLMAIL_COLUMNS))})"
+    inserted: set[int] = set()
+    with connection.cursor() as cursor:
+        for start in range(0, len(killmails), INSERT_CHUNK):
+            chunk = killmails[start : start + INSERT_CHUNK]
+            params = [value for body, zkb in chunk for value in _killmail_row(body, zkb, now)]
+            cursor.execute(
+                f"INSERT INTO {table} ({columns}) VALUES {', '.join([row_sql] * len(chunk))} "
+                "ON CONFLICT (killmail_id) DO NOTHING RETURNING killmail_id",
+                params,
+            )
+            inserted.update(row[0] for row in cursor.fetchall())
+    return inserted
+
+
+def _child_rows(bodies: Iterable[Mapping[str, Any]]) -> tuple[list[tuple], list[tuple]]:
+    participants: list[tuple] = []
+    items: list[tuple] = []
+    for body in bodies:
+        killmail_id = body["killmail_id"]
+        time = connection.ops.adapt_datetimefield_value(parse_time(body["killmail_time"]))
+        victim = body["victim"]
+        participants.append(
+            (
+                killmail_id,
+                time,
+                True,
+                0,
+                victim.get("character_id"),
+                victim.get("corporation_id"),
+                victim.get("alliance_id"),
+                victim.get("faction_id"),
+                victim["ship_type_id"],
+                None,
+                victim["damage_taken"],
+                None,
+                None,
+            )
+        )
+        for ordinal, attacker in enumerate(body["attackers"]):
+            participants.append(
+                (
+                    killmail_id,
+                    time,
+                    False,
+                    ordinal,
+                    attacker.get("character_id"),
+                    attacker.get("corporation_id"),
+                    attacker.get("alliance_id"),
+                    attacker.get("faction_id"),
+                    attacker.get("ship_type_id"),
+                    attacker.get("weapon_type_id"),
+                    attacker["damage_done"],
+                    attacker["final_blow"],
+                    attacker["security_status"],
+                )
+            )
+        container = None
+        for ordinal, (item, is_content) in enumerate(_walk_items(victim.get("items", ()))):
+            if not is_content:
+                container = ordinal
+            items.append(
+                (
+                    killmail_id,
+                    ordinal,
+                    container if is_content else None,
+                    item["item_type_id"],
+                    item["flag"],
+                    item["singleton"],
+                    item.get("quantity_destroyed"),
+                    item.get("quantity_dropped"),
+                )
+            )
+    return participants, items
+
+
+def _insert_children(bodies: list[Mapping[str, Any]]) -> None:
+    """Write the participants and items of killmails this transaction has just inserted."""
+    participants, items = _child_rows(bodies)
+    _write_rows(Participant, PARTICIPANT_COLUMNS, participants)
+    _write_rows(Item, ITEM_COLUMNS, items)
+
+
+def _write_rows(model: type[Model], columns: tuple[str, ...], rows: list[tuple]) -> None:
+    """Append rows that cannot conflict: COPY on PostgreSQL, executemany elsewhere."""
+    if not rows:
+        return
+    table = connection.ops.quote_name(model._meta.db_table)
+    column_list = ", ".join(columns)
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            with cursor.cursor.copy(f"COPY {table} ({column_list}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+        else:
+            placeholders = ", ".join(["%s"] * len(columns))
+            cursor.executemany(
+                f"INSERT INTO {table} ({column_list}) VALUES ({placeholders})", rows
+            )
+
+
+def ingest_stream(records: Iterable[Any], batch_size: int = INSERT_CHUNK) -> IngestResult:
+    """Ingest an iterable of any length in batches of `batch_size`, one transaction each."""
+    total = IngestResult()
+    batch: list[Any] = []
+    for record in records:
+        batch.append(record)
+        if len(batch) >= batch_size:
+            total.add(ingest_killmails(batch))
+            batch.clear()
+    if batch:
+        total.add(ingest_killmails(batch))
+    return total

@@ -1,0 +1,46 @@
+"""Import killmails from JSON Lines, JSON arrays, day dumps and archives."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from tqdm import tqdm
+
+from killboard.ingest import IngestResult, ingest_stream
+from killboard.readers import UnreadableFile, read_records
+
+# Rejections printed in full before the summary; the rest are only counted.
+SHOWN_REJECTIONS = 20
+
+
+class Command(BaseCommand):
+    help = (
+        "Import killmails (ESI body plus zkb) from JSON Lines, JSON arrays, zKillboard day "
+        "dumps and .tar/.tar.gz/.tar.bz2 archives; gzip and bzip2 files are read as they are."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+
+    def handle(self, *args: Any, paths: list[Path], **options: Any) -> None:
+        for path in paths:
+            if not path.is_file():
+                raise CommandError(f"{path}: no such file")
+        total = IngestResult()
+        with tqdm(
+            total=sum(path.stat().st_size for path in paths),
+            unit="B",
+            unit_scale=True,
+            disable=not sys.stderr.isatty(),
+        ) as bar:
+            for path in paths:
+                try:
+                    total.add(ingest_stream(read_records(path, bar.update)))
+                except UnreadableFile as exc:
+                    raise CommandError(f"{exc} (whole killmails before it were stored)") from None
+        for rejection in total.rejected[:SHOWN_REJECTIONS]:
+            self.stderr.write(f"rejected {rejection}")
+        self.stdout.write(f"Imported {len(paths)} file(s): {total.summary()}.")

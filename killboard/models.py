@@ -1,0 +1,227 @@
+"""Killmails, their participants and items, and the entities they reference.
+
+A killmail is stored normalized: one `Killmail` row (the ESI body's scalars and the zkb
+object), one `Participant` row for the victim and one for each attacker, and one `Item` row
+for each item, container contents pointing at their container. `killboard.export` rebuilds
+the exact ESI body from these rows.
+
+Entity references are foreign keys without a database constraint: ingest registers every
+referenced entity in the same transaction, and skipping the per-row constraint checks keeps
+bulk ingest fast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from django.db import models
+
+
+class Entity(models.Model):
+    """Something a killmail references by id; its name and details come from ESI later."""
+
+    id = models.BigIntegerField(primary_key=True)
+    name = models.CharField(max_length=255, blank=True, help_text="Empty until resolved.")
+    # /universe/names/ could not resolve the id; try again after this time.
+    name_retry_at = models.DateTimeField(null=True, blank=True)
+    # The detail route answered 404: ESI does not know this id.
+    not_found = models.BooleanField(default=False)
+    details_updated_at = models.DateTimeField(null=True, blank=True)
+    etag = models.CharField(max_length=128, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        abstract = True
+        ordering = ("id",)
+
+    def __str__(self) -> str:
+        return self.name or f"#{self.id}"
+
+
+class Character(Entity):
+    """A pilot."""
+
+    corporation_id = models.BigIntegerField(null=True, blank=True)
+    alliance_id = models.BigIntegerField(null=True, blank=True)
+    security_status = models.FloatField(null=True, blank=True)
+    birthday = models.DateTimeField(null=True, blank=True)
+
+
+class Corporation(Entity):
+    """A player or NPC corporation."""
+
+    ticker = models.CharField(max_length=16, blank=True)
+    ceo_id = models.BigIntegerField(null=True, blank=True)
+    alliance_id = models.BigIntegerField(null=True, blank=True)
+    member_count = models.IntegerField(null=True, blank=True)
+
+
+class Alliance(Entity):
+    """An alliance of corporations."""
+
+    ticker = models.CharField(max_length=16, blank=True)
+    executor_corporation_id = models.BigIntegerField(null=True, blank=True)
+
+
+class ItemType(Entity):
+    """A ship, module, charge or any other inventory type."""
+
+    group_id = models.BigIntegerField(null=True, blank=True)
+
+
+class SolarSystem(Entity):
+    """A solar system where killmails happen."""
+
+
+class Faction(Entity):
+    """An NPC faction (NPC attackers and faction warfare victims carry one)."""
+
+
+def _entity(model: type[Entity], *, required: bool = False) -> models.ForeignKey:
+    return models.ForeignKey(
+        model,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        null=not required,
+        blank=not required,
+        related_name="+",
+    )
+
+
+class KillmailQuerySet(models.QuerySet):
+    """Queries over stored killmails."""
+
+    def missing_ids(self, ids: Iterable[int]) -> set[int]:
+        """Return the ids among `ids` that are not stored."""
+        wanted = set(ids)
+        stored = self.filter(killmail_id__in=wanted).values_list("killmail_id", flat=True)
+        return wanted.difference(stored)
+
+    def involving_character(self, character_id: int) -> KillmailQuerySet:
+        """Killmails where the character is the victim or an attacker, newest first."""
+        ids = Participant.objects.filter(character_id=character_id).values("killmail_id")
+        return self.filter(killmail_id__in=ids).order_by("-killmail_time", "-killmail_id")
+
+
+class Killmail(models.Model):
+    """One killmail: the ESI body's scalars and zKillboard's zkb object."""
+
+    killmail_id = models.BigIntegerField(primary_key=True)
+    killmail_time = models.DateTimeField()
+    solar_system = _entity(SolarSystem, required=True)
+    moon_id = models.BigIntegerField(null=True, blank=True)
+    war_id = models.BigIntegerField(null=True, blank=True)
+    # The victim's position, when the victim had one.
+    position_x = models.FloatField(null=True, blank=True)
+    position_y = models.FloatField(null=True, blank=True)
+    position_z = models.FloatField(null=True, blank=True)
+
+    # zkb: null means the key was absent (older answers lack the newer keys).
+    killmail_hash = models.CharField(max_length=40, blank=True)
+    location_id = models.BigIntegerField(null=True, blank=True)
+    fitted_value = models.FloatField(null=True, blank=True)
+    dropped_value = models.FloatField(null=True, blank=True)
+    destroyed_value = models.FloatField(null=True, blank=True)
+    total_value = models.FloatField(null=True, blank=True)
+    total_droppable_value = models.FloatField(null=True, blank=True)
+    points = models.IntegerField(null=True, blank=True)
+    npc = models.BooleanField(null=True, blank=True)
+    solo = models.BooleanField(null=True, blank=True)
+    awox = models.BooleanField(null=True, blank=True)
+    labels = models.JSONField(null=True, blank=True)
+    # zkb keys this schema does not know yet, kept as they came so nothing is lost.
+    zkb_other = models.JSONField(null=True, blank=True)
+
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = KillmailQuerySet.as_manager()
+
+    class Meta:
+        ordering = ("-killmail_time", "-killmail_id")
+        indexes = [
+            # Latest killmails, and killmails in a date range.
+            models.Index(fields=["-killmail_time"], name="killmail_time_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Killmail {self.killmail_id}"
+
+
+class Participant(models.Model):
+    """The victim (ordinal 0) or one attacker of a killmail, attackers in ESI's order."""
+
+    killmail = models.ForeignKey(Killmail, on_delete=models.CASCADE, related_name="participants")
+    # Copied from the killmail so "killmails of X by time" is served by one index.
+    killmail_time = models.DateTimeField()
+    is_victim = models.BooleanField()
+    ordinal = models.PositiveIntegerField()
+    character = _entity(Character)
+    corporation = _entity(Corporation)
+    alliance = _entity(Alliance)
+    faction = _entity(Faction)
+    ship_type = _entity(ItemType)
+    weapon_type = _entity(ItemType)
+    # damage_taken for the victim, damage_done for an attacker.
+    damage = models.BigIntegerField()
+    final_blow = models.BooleanField(null=True, blank=True)
+    security_status = models.FloatField(null=True, blank=True)
+
+    class Meta:
+        ordering = ("killmail_id", "-is_victim", "ordinal")
+        constraints = [
+            # A rerun or a racing worker can never store a participant twice.
+            models.UniqueConstraint(
+                fields=["killmail", "is_victim", "ordinal"], name="participant_unique_slot"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(is_victim=False) | models.Q(ordinal=0),
+                name="participant_one_victim",
+            ),
+        ]
+        indexes = [
+            # Killmails of a character, corporation or alliance, newest first.
+            models.Index(
+                fields=["character", "-killmail_time"],
+                name="participant_character_time_idx",
+                condition=models.Q(character__isnull=False),
+            ),
+            models.Index(
+                fields=["corporation", "-killmail_time"],
+                name="participant_corp_time_idx",
+                condition=models.Q(corporation__isnull=False),
+            ),
+            models.Index(
+                fields=["alliance", "-killmail_time"],
+                name="participant_alliance_time_idx",
+                condition=models.Q(alliance__isnull=False),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        role = "victim" if self.is_victim else f"attacker {self.ordinal}"
+        return f"{role} of killmail {self.killmail_id}"
+
+
+class Item(models.Model):
+    """An item of the victim, in ESI's order; container contents point at their container."""
+
+    killmail = models.ForeignKey(Killmail, on_delete=models.CASCADE, related_name="items")
+    # Position in a depth-first walk of the victim's items: containers before their contents.
+    ordinal = models.PositiveIntegerField()
+    container_ordinal = models.PositiveIntegerField(null=True, blank=True)
+    item_type = _entity(ItemType, required=True)
+    flag = models.IntegerField()
+    singleton = models.IntegerField()
+    quantity_destroyed = models.BigIntegerField(null=True, blank=True)
+    quantity_dropped = models.BigIntegerField(null=True, blank=True)
+
+    class Meta:
+        ordering = ("killmail_id", "ordinal")
+        constraints = [
+            # A rerun or a racing worker can never store an item twice.
+            models.UniqueConstraint(fields=["killmail", "ordinal"], name="item_unique_slot"),
+        ]
+
+    def __str__(self) -> str:
+        return f"item {self.ordinal} of killmail {self.killmail_id}"

@@ -1,0 +1,203 @@
+"""Read killmail records from files, streaming, whatever their container.
+
+Supported: JSON Lines, JSON arrays, zKillboard day dumps (`{"<killmail_id>": body}`, or
+`{"<killmail_id>": "<hash>"}`, whose records carry no body and are rejected as such), single
+killmail objects, any of these compressed with gzip or bzip2, and tar archives (`.tar`,
+`.tar.gz`, `.tgz`, `.tar.bz2`) holding JSON files. Memory is bounded by the largest single
+killmail, not by the file.
+"""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import io
+import json
+import tarfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+# Characters read from a text stream at a time.
+READ_CHUNK = 1 << 20
+ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2")
+
+_decoder = json.JSONDecoder()
+
+
+class UnreadableFile(ValueError):
+    """A file that is not (or no longer) valid JSON or a readable archive."""
+
+
+class _CountingReader(io.RawIOBase):
+    """A binary reader that reports the bytes it has read, for a progress bar."""
+
+    def __init__(self, raw: IO[bytes], progress: Callable[[int], None] | None) -> None:
+        self._raw = raw
+        self._progress = progress
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        count = self._raw.readinto(buffer)
+        if self._progress and count:
+            self._progress(count)
+        return count
+
+
+class _JsonStream:
+    """Top-level JSON values of a text stream, decoded one at a time."""
+
+    def __init__(self, stream: IO[str], name: str) -> None:
+        self._stream = stream
+        self._name = name
+        self._buffer = ""
+        self._pos = 0
+        self._offset = 0  # characters dropped from the front of the buffer
+        self._mark: int | None = None  # a position to come back to, kept on refills
+        self._eof = False
+
+    def _fill(self) -> bool:
+        if self._eof:
+            return False
+        chunk = self._stream.read(READ_CHUNK)
+        if not chunk:
+            self._eof = True
+            return False
+        cut = self._pos if self._mark is None else self._mark
+        self._offset += cut
+        self._buffer = self._buffer[cut:] + chunk
+        self._pos -= cut
+        if self._mark is not None:
+            self._mark -= cut
+        return True
+
+    def _error(self, message: str) -> UnreadableFile:
+        return UnreadableFile(f"{self._name}: {message} at character {self._offset + self._pos}")
+
+    def peek(self) -> str | None:
+        """The next non-blank character, not consumed; None at the end."""
+        while True:
+            while self._pos < len(self._buffer) and self._buffer[self._pos] in " \t\r\n":
+                self._pos += 1
+            if self._pos < len(self._buffer):
+                return self._buffer[self._pos]
+            if not self._fill():
+                return None
+
+    def take(self, expected: str) -> None:
+        if self.peek() != expected:
+            raise self._error(f"expected {expected!r}")
+        self._pos += 1
+
+    def value(self) -> Any:
+        """Decode the next JSON value, reading more of the stream as needed."""
+        self.peek()
+        while True:
+            try:
+                value, end = _decoder.raw_decode(self._buffer, self._pos)
+            except json.JSONDecodeError as exc:
+                # Numbers can end at the buffer's edge too: decode only once nothing follows.
+                if self._fill():
+                    continue
+                raise self._error(f"invalid or truncated JSON ({exc.msg})") from None
+            if end == len(self._buffer) and self._fill():
+                continue
+            self._pos = end
+            return value
+
+    def records(self) -> Iterator[Any]:
+        """Yield killmail records from arrays, day dumps, objects and JSON Lines."""
+        while (char := self.peek()) is not None:
+            if char == "[":
+                yield from self._array()
+            elif char == "{":
+                yield from self._object()
+            else:
+                raise self._error("expected a JSON object or array")
+
+    def _array(self) -> Iterator[Any]:
+        self.take("[")
+        if self.peek() == "]":
+            self._pos += 1
+            return
+        while True:
+            yield self.value()
+            if self.peek() == "]":
+                self._pos += 1
+                return
+            self.take(",")
+
+    def _rewind(self) -> None:
+        assert self._mark is not None
+        self._pos, self._mark = self._mark, None
+
+    def _object(self) -> Iterator[Any]:
+        self.peek()
+        self._mark = self._pos
+        self.take("{")
+        if self.peek() != '"':
+            self._rewind()
+            yield self.value()
+            return
+        key = self.value()
+        if not (isinstance(key, str) and key.isdigit()):
+            self._rewind()
+            yield self.value()
+            return
+        self._mark = None
+        # A day dump: {"<killmail_id>": body or hash, ...}
+        while True:
+            self.take(":")
+            yield _day_dump_record(int(key), self.value())
+            if self.peek() == "}":
+                self._pos += 1
+                return
+            self.take(",")
+            key = self.value()
+            if not (isinstance(key, str) and key.isdigit()):
+                raise self._error(f"expected a killmail id as key, got {key!r:.40}")
+
+
+def _day_dump_record(killmail_id: int, value: Any) -> Any:
+    if isinstance(value, str):
+        return {"killmail_id": killmail_id, "zkb": {"hash": value}}
+    return value
+
+
+def _open_text(path: Path, raw: IO[bytes]) -> IO[str]:
+    name = path.name.lower()
+    binary: IO[bytes] = raw
+    if name.endswith(".gz"):
+        binary = gzip.GzipFile(fileobj=raw)  # type: ignore[assignment]
+    elif name.endswith(".bz2"):
+        binary = bz2.BZ2File(raw)  # type: ignore[assignment]
+    return io.TextIOWrapper(binary, encoding="utf-8")
+
+
+def _archive_records(path: Path, raw: IO[bytes]) -> Iterator[Any]:
+    try:
+        with tarfile.open(fileobj=raw, mode="r|*") as archive:
+            for member in archive:
+                if not member.isfile() or not member.name.endswith(".json"):
+                    continue
+                handle = archive.extractfile(member)
+                assert handle is not None
+                text = io.TextIOWrapper(handle, encoding="utf-8")
+                yield from _JsonStream(text, f"{path}:{member.name}").records()
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise UnreadableFile(f"{path}: broken or truncated archive ({exc})") from None
+
+
+def read_records(path: Path, progress: Callable[[int], None] | None = None) -> Iterator[Any]:
+    """Yield the killmail records of one file; `progress` gets the bytes read as they go."""
+    with path.open("rb") as handle:
+        raw = io.BufferedReader(_CountingReader(handle, progress))
+        if path.name.lower().endswith(ARCHIVE_SUFFIXES):
+            yield from _archive_records(path, raw)
+            return
+        try:
+            yield from _JsonStream(_open_text(path, raw), str(path)).records()
+        except (OSError, EOFError, UnicodeDecodeError) as exc:
+            raise UnreadableFile(f"{path}: cannot be read ({exc})") from None

@@ -1,0 +1,204 @@
+"""The ESI killmail schema and zKillboard's zkb object, checked before anything is stored.
+
+`validate_killmail` raises `InvalidKillmail` with one clear reason naming the field, so a
+rejected killmail can be reported and changes nothing. Unknown keys in the ESI body are
+rejected rather than dropped: the body is versioned by X-Compatibility-Date, and storing
+it partly would break the promise that export gives back exactly what came in.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+INT64_MAX = 2**63 - 1
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+HASH_PATTERN = re.compile(r"[0-9a-f]{40}")
+
+
+class InvalidKillmail(ValueError):
+    """A killmail that breaks the schema; `str()` is the reason, naming the field."""
+
+    def __init__(self, killmail_id: int | None, reason: str) -> None:
+        super().__init__(reason)
+        self.killmail_id = killmail_id
+
+
+Check = Callable[[Any], str | None]
+
+
+def _integer(minimum: int) -> Check:
+    def check(value: Any) -> str | None:
+        if type(value) is not int:
+            return f"expected an integer, got {value!r:.40}"
+        if not minimum <= value <= INT64_MAX:
+            return f"{value} is out of range ({minimum}..2^63-1)"
+        return None
+
+    return check
+
+
+def _number(value: Any) -> str | None:
+    if type(value) not in (int, float) or not math.isfinite(value):
+        return f"expected a number, got {value!r:.40}"
+    return None
+
+
+def _boolean(value: Any) -> str | None:
+    return None if type(value) is bool else f"expected true or false, got {value!r:.40}"
+
+
+def _time(value: Any) -> str | None:
+    if isinstance(value, str):
+        try:
+            datetime.strptime(value, TIME_FORMAT)
+            return None
+        except ValueError:
+            pass
+    return f"expected a time like 2024-07-14T15:49:53Z, got {value!r:.40}"
+
+
+def _hash(value: Any) -> str | None:
+    if isinstance(value, str) and HASH_PATTERN.fullmatch(value):
+        return None
+    return f"expected 40 lowercase hex digits, got {value!r:.50}"
+
+
+def _labels(value: Any) -> str | None:
+    if isinstance(value, list) and all(isinstance(label, str) for label in value):
+        return None
+    return f"expected a list of strings, got {value!r:.40}"
+
+
+ID = _integer(1)
+COUNT = _integer(0)
+
+# name: (check, required)
+POSITION: dict[str, tuple[Check, bool]] = {"x": (_number, True), "y": (_number, True), "z": (_number, True)}
+ITEM: dict[str, tuple[Check, bool]] = {
+    "flag": (COUNT, True),
+    "item_type_id": (ID, True),
+    "singleton": (COUNT, True),
+    "quantity_destroyed": (COUNT, False),
+    "quantity_dropped": (COUNT, False),
+}
+VICTIM: dict[str, tuple[Check, bool]] = {
+    "damage_taken": (COUNT, True),
+    "ship_type_id": (ID, True),
+    "character_id": (ID, False),
+    "corporation_id": (ID, False),
+    "alliance_id": (ID, False),
+    "faction_id": (ID, False),
+}
+ATTACKER: dict[str, tuple[Check, bool]] = {
+    "damage_done": (COUNT, True),
+    "final_blow": (_boolean, True),
+    "security_status": (_number, True),
+    "character_id": (ID, False),
+    "corporation_id": (ID, False),
+    "alliance_id": (ID, False),
+    "faction_id": (ID, False),
+    "ship_type_id": (ID, False),
+    "weapon_type_id": (ID, False),
+}
+KILLMAIL: dict[str, tuple[Check, bool]] = {
+    "killmail_id": (ID, True),
+    "killmail_time": (_time, True),
+    "solar_system_id": (ID, True),
+    "moon_id": (ID, False),
+    "war_id": (ID, False),
+}
+# zkb keys and their checks, in the order zKillboard writes them; any other key is kept as is.
+ZKB: dict[str, Check] = {
+    "locationID": ID,
+    "hash": _hash,
+    "fittedValue": _number,
+    "droppedValue": _number,
+    "destroyedValue": _number,
+    "totalValue": _number,
+    "totalDroppableValue": _number,
+    "points": _integer(-(2**31)),
+    "npc": _boolean,
+    "solo": _boolean,
+    "awox": _boolean,
+    "labels": _labels,
+}
+
+
+def _check_object(
+    value: Any, fields: dict[str, tuple[Check, bool]], path: str, nested: frozenset[str] = frozenset()
+) -> None:
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{path or 'killmail'}: expected an object, got {value!r:.40}")
+    prefix = f"{path}." if path else ""
+    for key in sorted(value.keys() - fields.keys() - nested):
+        raise ValueError(f"{prefix}{key}: unknown field")
+    for key, (check, required) in fields.items():
+        if key not in value:
+            if required:
+                raise ValueError(f"{prefix}{key}: required field is missing")
+            continue
+        problem = check(value[key])
+        if problem:
+            raise ValueError(f"{prefix}{key}: {problem}")
+
+
+def _check_list(value: Any, path: str) -> list[Any]:
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"{path}: expected a non-empty list, got {value!r:.40}")
+    return value
+
+
+def _check_items(items: Any, path: str, depth: int) -> None:
+    for index, item in enumerate(_check_list(items, path)):
+        item_path = f"{path}[{index}]"
+        # Container contents are one level deep, never deeper.
+        _check_object(item, ITEM, item_path, frozenset({"items"} if depth == 0 else ()))
+        if "items" in item:
+            _check_items(item["items"], f"{item_path}.items", depth + 1)
+
+
+def validate_body(body: Any) -> None:
+    """Raise `InvalidKillmail` unless `body` is a well-formed ESI killmail."""
+    killmail_id = body.get("killmail_id") if isinstance(body, Mapping) else None
+    if type(killmail_id) is not int:
+        killmail_id = None
+    try:
+        _check_object(body, KILLMAIL, "", frozenset({"victim", "attackers"}))
+        for key in ("victim", "attackers"):
+            if key not in body:
+                raise ValueError(f"{key}: required field is missing")
+        victim = body["victim"]
+        _check_object(victim, VICTIM, "victim", frozenset({"position", "items"}))
+        if "position" in victim:
+            _check_object(victim["position"], POSITION, "victim.position")
+        if "items" in victim:
+            _check_items(victim["items"], "victim.items", 0)
+        for index, attacker in enumerate(_check_list(body["attackers"], "attackers")):
+            _check_object(attacker, ATTACKER, f"attackers[{index}]")
+    except ValueError as exc:
+        raise InvalidKillmail(killmail_id, str(exc)) from None
+
+
+def validate_zkb(killmail_id: int, zkb: Any) -> None:
+    """Raise `InvalidKillmail` unless the known keys of a zkb object have their types."""
+    if not isinstance(zkb, Mapping):
+        raise InvalidKillmail(killmail_id, f"zkb: expected an object, got {zkb!r:.40}")
+    for key, check in ZKB.items():
+        if key in zkb:
+            problem = check(zkb[key])
+            if problem:
+                raise InvalidKillmail(killmail_id, f"zkb.{key}: {problem}")
+
+
+def parse_time(value: str) -> datetime:
+    """Parse ESI's killmail_time (already validated)."""
+    return datetime.strptime(value, TIME_FORMAT).replace(tzinfo=UTC)
+
+
+def format_time(value: datetime) -> str:
+    """Format a stored time the way ESI writes killmail_time."""
+    return value.astimezone(UTC).strftime(TIME_FORMAT)
