@@ -95,7 +95,9 @@ def build_record(
         }
     victim["ship_type_id"] = victim_row["ship_type_id"]
     body: dict[str, Any] = {
-        "attackers": [_present(row, ATTACKER_FIELDS) for row in participants if not row["is_victim"]],
+        "attackers": [
+            _present(row, ATTACKER_FIELDS) for row in participants if not row["is_victim"]
+        ],
         "killmail_id": killmail["killmail_id"],
         "killmail_time": format_time(killmail["killmail_time"]),
     }
@@ -120,9 +122,7 @@ def iter_records(killmails: Any = None) -> Iterator[dict[str, Any]]:
     last_id = 0
     while True:
         chunk = list(
-            queryset.filter(killmail_id__gt=last_id)
-            .order_by("killmail_id")
-            .values()[:EXPORT_CHUNK]
+            queryset.filter(killmail_id__gt=last_id).order_by("killmail_id").values()[:EXPORT_CHUNK]
         )
         if not chunk:
             return
@@ -135,7 +135,9 @@ def iter_records(killmails: Any = None) -> Iterator[dict[str, Any]]:
         ):
             participants[row["killmail_id"]].append(row)
         items: dict[int, list[dict[str, Any]]] = defaultdict(list)
-        for row in Item.objects.filter(killmail_id__in=ids).order_by("killmail_id", "ordinal").values():
+        for row in (
+            Item.objects.filter(killmail_id__in=ids).order_by("killmail_id", "ordinal").values()
+        ):
             items[row["killmail_id"]].append(row)
         for killmail in chunk:
             killmail_id = killmail["killmail_id"]

@@ -232,7 +232,9 @@ def _register_entities(bodies: Iterable[Mapping[str, Any]]) -> None:
                 for key in keys:
                     if key in participant:
                         ids[model].add(participant[key])
-        types.update(item["item_type_id"] for item, _ in _walk_items(body["victim"].get("items", ())))
+        types.update(
+            item["item_type_id"] for item, _ in _walk_items(body["victim"].get("items", ()))
+        )
     for model, model_ids in ids.items():
         if model_ids:
             model.objects.bulk_create(
@@ -368,9 +370,7 @@ def _write_rows(model: type[Model], columns: tuple[str, ...], rows: list[tuple])
                     copy.write_row(row)
         else:
             placeholders = ", ".join(["%s"] * len(columns))
-            cursor.executemany(
-                f"INSERT INTO {table} ({column_list}) VALUES ({placeholders})", rows
-            )
+            cursor.executemany(f"INSERT INTO {table} ({column_list}) VALUES ({placeholders})", rows)
 
 
 def ingest_stream(records: Iterable[Any], batch_size: int = INSERT_CHUNK) -> IngestResult:

@@ -184,9 +184,10 @@ def _archive_records(path: Path, raw: IO[bytes]) -> Iterator[Any]:
                     continue
                 handle = archive.extractfile(member)
                 assert handle is not None
-                text = io.TextIOWrapper(handle, encoding="utf-8")
+                # One killmail a member: small enough to read whole.
+                text = io.StringIO(handle.read().decode("utf-8"))
                 yield from _JsonStream(text, f"{path}:{member.name}").records()
-    except (tarfile.TarError, EOFError, OSError) as exc:
+    except (tarfile.TarError, EOFError, OSError, UnicodeDecodeError) as exc:
         raise UnreadableFile(f"{path}: broken or truncated archive ({exc})") from None
 
 

@@ -77,7 +77,11 @@ ID = _integer(1)
 COUNT = _integer(0)
 
 # name: (check, required)
-POSITION: dict[str, tuple[Check, bool]] = {"x": (_number, True), "y": (_number, True), "z": (_number, True)}
+POSITION: dict[str, tuple[Check, bool]] = {
+    "x": (_number, True),
+    "y": (_number, True),
+    "z": (_number, True),
+}
 ITEM: dict[str, tuple[Check, bool]] = {
     "flag": (COUNT, True),
     "item_type_id": (ID, True),
@@ -129,7 +133,10 @@ ZKB: dict[str, Check] = {
 
 
 def _check_object(
-    value: Any, fields: dict[str, tuple[Check, bool]], path: str, nested: frozenset[str] = frozenset()
+    value: Any,
+    fields: dict[str, tuple[Check, bool]],
+    path: str,
+    nested: frozenset[str] = frozenset(),
 ) -> None:
     if not isinstance(value, Mapping):
         raise ValueError(f"{path or 'killmail'}: expected an object, got {value!r:.40}")

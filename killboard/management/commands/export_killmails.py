@@ -20,7 +20,9 @@ class Command(BaseCommand):
         parser.add_argument("--character", type=int, metavar="ID", help="only this character's")
         parser.add_argument("--output", type=Path, metavar="PATH", help="default: standard output")
 
-    def handle(self, *args: Any, character: int | None, output: Path | None, **options: Any) -> None:
+    def handle(
+        self, *args: Any, character: int | None, output: Path | None, **options: Any
+    ) -> None:
         if character is not None and character <= 0:
             raise CommandError(f"--character must be a positive id, got {character}")
         killmails = Killmail.objects.all()

@@ -1,0 +1,1 @@
+"""Fake zKillboard and ESI upstreams for tests, the demo and benchmarks."""
