@@ -7,6 +7,7 @@ on PostgreSQL and RabbitMQ.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import environ
@@ -67,8 +68,11 @@ TEMPLATES = [
 
 DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}")}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    # Several processes (a demo's server, the CLI) may write; wait for the lock, don't fail.
-    DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 30
+    # Threads and processes share the file: readers must not block the writer (WAL), and a
+    # transaction takes the write lock when it starts, so none fails half-way on upgrading.
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        timeout=30, transaction_mode="IMMEDIATE", init_command="PRAGMA journal_mode=WAL;"
+    )
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 LANGUAGE_CODE = "en-us"
@@ -116,5 +120,24 @@ CELERY_TASK_ROUTES = {
     "enrichment.tasks.enrich_corporations": {"queue": "esi_corporation_info_queue"},
     "enrichment.tasks.enrich_alliances": {"queue": "esi_alliance_info_queue"},
     "enrichment.tasks.enrich_types": {"queue": "esi_type_info_queue"},
+    "enrichment.tasks.refresh_stale": {"queue": "esi_character_info_queue"},
+    "backfill.tasks.resume_stalled_jobs": {"queue": "zkillboard_backfill"},
 }
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+
+# Enrichment from ESI (names and details of the entities killmails reference).
+# Details older than this are fetched again by refresh_stale, oldest first (hours, >= 1).
+ENRICHMENT_MAX_AGE = timedelta(hours=env.int("ENRICHMENT_MAX_AGE_HOURS", default=24 * 7))
+# An id /universe/names/ cannot resolve yet (new characters take hours) is retried after this.
+NAME_RETRY_HOURS = env.int("NAME_RETRY_HOURS", default=6)
+CELERY_BEAT_SCHEDULE = {
+    "enrichment-refresh-stale": {
+        "task": "enrichment.tasks.refresh_stale",
+        "schedule": timedelta(hours=1),
+        "options": {"queue": "esi_character_info_queue"},
+    },
+    "backfill-resume-stalled-jobs": {
+        "task": "backfill.tasks.resume_stalled_jobs",
+        "schedule": timedelta(minutes=1),
+    },
+}

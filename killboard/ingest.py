@@ -30,6 +30,7 @@ from killboard.models import (
     SolarSystem,
 )
 from killboard.schema import ZKB, InvalidKillmail, parse_time, validate_body, validate_zkb
+from killboard.signals import killmails_stored
 
 logger = logging.getLogger(__name__)
 
@@ -205,6 +206,11 @@ def ingest_killmails(records: Iterable[Any]) -> IngestResult:
         _register_entities(batch[killmail_id][0] for killmail_id in batch)
         inserted = _insert_killmails([batch[killmail_id] for killmail_id in sorted(batch)])
         _insert_children([batch[killmail_id][0] for killmail_id in sorted(inserted)])
+        if inserted:
+            new_ids = sorted(inserted)
+            transaction.on_commit(
+                lambda: killmails_stored.send(sender=Killmail, killmail_ids=new_ids)
+            )
     result.new_ids.extend(sorted(inserted))
     result.existing_ids.extend(sorted(batch.keys() - inserted))
     for rejection in result.rejected:
@@ -385,3 +391,33 @@ def ingest_stream(records: Iterable[Any], batch_size: int = INSERT_CHUNK) -> Ing
     if batch:
         total.add(ingest_killmails(batch))
     return total
+
+
+def update_zkb(zkbs: dict[int, Any]) -> int:
+    """Refresh the zkb columns of stored killmails (values change as prices do).
+
+    Invalid zkb objects are skipped with a warning; returns how many killmails were updated.
+    """
+    killmails = []
+    for killmail_id, zkb in zkbs.items():
+        try:
+            validate_zkb(killmail_id, zkb)
+        except InvalidKillmail as exc:
+            logger.warning("Kept the stored zkb of killmail %s: %s", killmail_id, exc)
+            continue
+        fields = {column: zkb.get(key) for key, column in ZKB_COLUMNS.items()}
+        other = {key: value for key, value in zkb.items() if key not in ZKB}
+        killmails.append(
+            Killmail(
+                killmail_id=killmail_id,
+                killmail_hash=zkb.get("hash", ""),
+                zkb_other=other or None,
+                **fields,
+            )
+        )
+    Killmail.objects.bulk_update(
+        killmails,
+        ["killmail_hash", "zkb_other", *ZKB_COLUMNS.values()],
+        batch_size=INSERT_CHUNK // 10,
+    )
+    return len(killmails)

@@ -225,3 +225,21 @@ class Item(models.Model):
 
     def __str__(self) -> str:
         return f"item {self.ordinal} of killmail {self.killmail_id}"
+
+
+class RateLimit(models.Model):
+    """A rate limit shared by every process on every machine: the next free request slot.
+
+    Both upstream clients reserve their slots here (see `killboard.ratelimit`), so the rules
+    hold for the whole deployment, not per worker. Times are Unix seconds.
+    """
+
+    name = models.CharField(max_length=64, primary_key=True)
+    next_at = models.FloatField(default=0.0, help_text="The next request slot (Unix time).")
+    blocked_until = models.FloatField(
+        default=0.0,
+        help_text="No request before this (Unix time): after a 429, a 420, a low error limit.",
+    )
+
+    def __str__(self) -> str:
+        return self.name

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -21,3 +23,29 @@ def load(name: str) -> Any:
 def sample_bodies() -> list[dict[str, Any]]:
     """The real ESI bodies: a solo kill, a Sotiyo with 581 attackers, a titan with 982."""
     return [load(path.name) for path in sorted(UPSTREAM.glob("esi_killmail_*.json"))]
+
+
+_real_connect = socket.socket.connect
+
+
+def _loopback_only(self: socket.socket, address: Any) -> Any:
+    """Refuse any connection that leaves this machine: tests talk to loopback only."""
+    if self.family in (socket.AF_INET, socket.AF_INET6):
+        host = address[0]
+        try:
+            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            raise OSError(f"tests must not connect to {host}: only loopback is allowed")
+    return _real_connect(self, address)
+
+
+socket.socket.connect = _loopback_only  # type: ignore[method-assign]
+
+
+@pytest.fixture(autouse=True)
+def _upstreams_nowhere(settings: Any) -> None:
+    """Upstream URLs point at a closed loopback port unless a test sets the fake's."""
+    settings.ZKILLBOARD_API_URL = "http://127.0.0.1:9/zkb/api/"
+    settings.ESI_URL = "http://127.0.0.1:9/esi/"

@@ -60,3 +60,27 @@ class CharacterFactory(factory.django.DjangoModelFactory):
 
     id = factory.Sequence(lambda n: 95_000_000 + n)
     name = factory.Sequence(lambda n: f"Pilot {n}")
+
+
+class CorporationFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = "killboard.Corporation"
+
+    id = factory.Sequence(lambda n: 98_500_000 + n)
+    name = factory.Sequence(lambda n: f"Corporation {n}")
+
+
+class AllianceFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = "killboard.Alliance"
+
+    id = factory.Sequence(lambda n: 99_500_000 + n)
+    name = factory.Sequence(lambda n: f"Alliance {n}")
+
+
+class ItemTypeFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = "killboard.ItemType"
+
+    id = factory.Sequence(lambda n: 60_000 + n)
+    name = factory.Sequence(lambda n: f"Type {n}")

@@ -538,6 +538,8 @@ class World:
         self, rng: random.Random, count: int, newest: datetime, days: int
     ) -> list[datetime]:
         """Return count distinct whole-second moments in the days up to newest, oldest first."""
+        if newest.tzinfo is None:
+            newest = newest.replace(tzinfo=UTC)
         span = max(days * 86400, count)
         newest = newest.replace(microsecond=0)
         offsets = sorted(rng.sample(range(span), count), reverse=True)

@@ -1,0 +1,184 @@
+"""Backfill jobs: what to fetch, where the job stands, and what went wrong."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.db import models
+from django.db.models import F
+from django.utils import timezone
+
+# zKillboard's page size and its deepest page for one filter.
+ZKB_PAGE_SIZE = 200
+ZKB_MAX_PAGE = 100
+
+
+class BackfillJob(models.Model):
+    """The backfill of one target's killmail history, newest first, resumable at `cursor`.
+
+    The cursor names the next zKillboard page to fetch: `all/N` (page N of the target's
+    whole history) or `YYYY-MM/N` (page N of one month, for history deeper than 100 pages).
+    """
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+        CANCELLED = "cancelled"
+
+    class TargetType(models.TextChoices):
+        CHARACTER = "character"
+        CORPORATION = "corporation"
+        ALLIANCE = "alliance"
+
+    ACTIVE = (Status.QUEUED, Status.RUNNING)
+
+    target_type = models.CharField(
+        max_length=16, choices=TargetType.choices, default=TargetType.CHARACTER
+    )
+    target_id = models.BigIntegerField()
+    # Options, as the original system documents them.
+    from_date = models.DateField(null=True, blank=True, help_text="Only killmails on or after.")
+    max_pages = models.PositiveIntegerField(null=True, blank=True, help_text="Empty: no bound.")
+    limit = models.PositiveSmallIntegerField(default=ZKB_PAGE_SIZE, help_text="Killmails a page.")
+    skip_existing = models.BooleanField(default=True)
+
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    cursor = models.CharField(max_length=32, default="all/1")
+    paging_done = models.BooleanField(default=False)
+    # The oldest killmail id of page 100 of the whole history: month pages list only older ones.
+    boundary_id = models.BigIntegerField(null=True, blank=True)
+    # A worker owns the page at `cursor` until then; a killed worker's claim simply expires.
+    lease_until = models.DateTimeField(null=True, blank=True)
+
+    pages_fetched = models.PositiveIntegerField(default=0)
+    killmails_listed = models.PositiveIntegerField(default=0)
+    already_stored = models.PositiveIntegerField(default=0)
+    bodies_from_page = models.PositiveIntegerField(default=0)
+    bodies_from_esi = models.PositiveIntegerField(default=0)
+    stored = models.PositiveIntegerField(default=0)
+    failed = models.PositiveIntegerField(default=0)
+    skipped_older = models.PositiveIntegerField(
+        default=0, help_text="Listed killmails older than from_date, not stored."
+    )
+
+    last_error = models.TextField(blank=True)
+    task_ids = models.JSONField(default=list, blank=True)
+
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ("-created_at",)
+        indexes = [
+            # The admin's list of jobs by status, newest first.
+            models.Index(fields=["status", "-created_at"], name="backfilljob_status_idx"),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(limit__gte=1, limit__lte=ZKB_PAGE_SIZE),
+                name="backfilljob_limit_1_200",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(max_pages__isnull=True) | models.Q(max_pages__gte=1),
+                name="backfilljob_max_pages_positive",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Backfill #{self.pk} of {self.target_type} {self.target_id}"
+
+    @property
+    def max_killmails(self) -> int | None:
+        """At most max_pages x limit killmails, newest first (None: no bound)."""
+        return self.max_pages * self.limit if self.max_pages else None
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in self.ACTIVE
+
+    @property
+    def pending(self) -> int:
+        """Killmails listed but not yet stored, failed or skipped."""
+        return max(
+            0,
+            self.killmails_listed
+            - self.already_stored
+            - self.stored
+            - self.failed
+            - self.skipped_older,
+        )
+
+    @property
+    def progress(self) -> float | None:
+        """Share of the work done, 0..1, when the work has a known size."""
+        if self.status == self.Status.SUCCEEDED:
+            return 1.0
+        if self.max_killmails:
+            done = self.killmails_listed - self.pending
+            return min(1.0, done / self.max_killmails)
+        return None
+
+    @property
+    def duration(self) -> timedelta | None:
+        if not self.started_at:
+            return None
+        return (self.finished_at or timezone.now()) - self.started_at
+
+    @property
+    def eta(self) -> timedelta | None:
+        """Time left at the pace so far, when the work has a known size."""
+        progress, duration = self.progress, self.duration
+        if not progress or duration is None or progress >= 1:
+            return None
+        return duration * (1 - progress) / progress
+
+    def add_counts(self, **counts: int) -> None:
+        """Add to counters atomically in the database (several workers report at once)."""
+        changes = {name: F(name) + value for name, value in counts.items() if value}
+        if changes:
+            BackfillJob.objects.filter(pk=self.pk).update(**changes, updated_at=timezone.now())
+
+
+class PendingKillmail(models.Model):
+    """A listed killmail whose body is still to come from ESI, with the hash to fetch it."""
+
+    job = models.ForeignKey(BackfillJob, on_delete=models.CASCADE, related_name="pending_bodies")
+    killmail_id = models.BigIntegerField()
+    killmail_hash = models.CharField(max_length=40)
+    zkb = models.JSONField()
+    # A worker fetching this body owns it until then (see backfill.services.claim_pending).
+    claim = models.UUIDField(null=True, blank=True)
+    claimed_until = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["job", "killmail_id"], name="pending_unique_per_job"),
+        ]
+
+    def __str__(self) -> str:
+        return f"killmail {self.killmail_id} pending for job {self.job_id}"
+
+
+class FailedKillmail(models.Model):
+    """A killmail the job could not store, and why (ESI 422, a body that broke the schema)."""
+
+    job = models.ForeignKey(BackfillJob, on_delete=models.CASCADE, related_name="failures")
+    killmail_id = models.BigIntegerField()
+    killmail_hash = models.CharField(max_length=40, blank=True)
+    zkb = models.JSONField(null=True, blank=True)
+    reason = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ("killmail_id",)
+        constraints = [
+            models.UniqueConstraint(fields=["job", "killmail_id"], name="failure_unique_per_job"),
+        ]
+
+    def __str__(self) -> str:
+        return f"killmail {self.killmail_id}: {self.reason}"

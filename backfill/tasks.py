@@ -1,0 +1,196 @@
+"""Backfill tasks: a chain of page tasks per job, and body tasks fanned out from each page.
+
+Tasks are thin: they take ids, call a service, and queue the next step after the commit.
+Every task is idempotent (leases and claims in the database decide who does what), so they
+ack late and are redelivered when a worker dies.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections import deque
+from functools import lru_cache
+from typing import Any
+
+from celery import Task, shared_task
+from django.conf import settings
+from django.db import transaction
+
+from backfill import services
+from backfill.models import BackfillJob
+from backfill.zkillboard import (
+    ZkillboardBlocked,
+    ZkillboardClient,
+    ZkillboardRejected,
+    ZkillboardUnavailable,
+)
+from enrichment.esi import EsiClient, EsiUnavailable, default_client
+from killboard import ratelimit
+from killboard.ratelimit import RateLimited
+
+logger = logging.getLogger(__name__)
+
+# Longest a worker waits inline for a rate-limit slot before retrying the task instead.
+MAX_INLINE_WAIT = 30.0
+# Backoff of transient errors: BASE * 2**retries seconds, at most CAP, with +-50% jitter.
+BACKOFF_BASE = 2.0
+BACKOFF_CAP = 300.0
+# Task ids kept on a job for the admin's link to Flower.
+TASK_IDS_KEPT = 20
+
+TASK_OPTIONS: dict[str, Any] = {
+    "bind": True,
+    "acks_late": True,
+    "reject_on_worker_lost": True,
+    "max_retries": 12,
+}
+
+
+def _max_wait() -> float:
+    # In-process there is nothing else to do meanwhile: wait inline for as long as it takes.
+    return float("inf") if settings.CELERY_TASK_ALWAYS_EAGER else MAX_INLINE_WAIT
+
+
+@lru_cache(maxsize=4)
+def _zkillboard(url: str, contact: str, rate: float, max_wait: float) -> ZkillboardClient:
+    return ZkillboardClient(url, contact, rate, ratelimit, max_wait)
+
+
+def zkillboard_client() -> ZkillboardClient:
+    """The process's zKillboard client (one session), as settings configure it."""
+    return _zkillboard(
+        settings.ZKILLBOARD_API_URL,
+        settings.EVE_CONTACT,
+        settings.ZKILLBOARD_REQUESTS_PER_SECOND,
+        _max_wait(),
+    )
+
+
+def esi_client() -> EsiClient:
+    """The process's ESI client."""
+    return default_client(max_wait=_max_wait())
+
+
+_local = threading.local()
+
+
+def enqueue(task: Task, *args: Any) -> None:
+    """Queue `task` once the current transaction commits.
+
+    In-process (no broker), queued tasks run one after another from the outermost call
+    instead of nested, so a chain of hundreds of pages never deepens the stack.
+    """
+    transaction.on_commit(lambda: _send(task, args))
+
+
+def _send(task: Task, args: tuple[Any, ...]) -> None:
+    if not settings.CELERY_TASK_ALWAYS_EAGER:
+        result = task.apply_async(args)
+        if task is fetch_page:
+            services.record_task_id(args[0], result.id, TASK_IDS_KEPT)
+        return
+    queue = getattr(_local, "queue", None)
+    if queue is not None:
+        queue.append((task, args))
+        return
+    _local.queue = deque([(task, args)])
+    try:
+        while _local.queue:
+            queued, queued_args = _local.queue.popleft()
+            queued.apply(queued_args, throw=True)
+    finally:
+        _local.queue = None
+
+
+def _retry(task: Task, job_id: int, exc: Exception, countdown: float | None = None) -> None:
+    """Retry after `countdown` (default: exponential backoff with jitter); fail the job when
+    retries are exhausted."""
+    if task.request.retries >= task.max_retries:
+        services.fail_job(job_id, f"gave up after {task.max_retries} retries: {exc}")
+        return
+    if countdown is None:
+        countdown = min(BACKOFF_CAP, BACKOFF_BASE * 2**task.request.retries)
+        countdown *= random.uniform(0.5, 1.5)
+    services.touch(job_id)
+    if task.request.is_eager:
+        time.sleep(countdown)
+    raise task.retry(exc=exc, countdown=countdown)
+
+
+@shared_task(**TASK_OPTIONS)
+def fetch_page(self: Task, job_id: int, cursor: str) -> None:
+    """Fetch and store the job's page at `cursor`, then queue its bodies and the next page."""
+    if not services.claim_page(job_id, cursor):
+        lease_left = services.page_lease_left(job_id, cursor)
+        if lease_left:
+            # Another worker holds the page; if it died, its lease runs out and we take over.
+            _retry(self, job_id, RuntimeError("page leased"), lease_left + random.uniform(1, 5))
+        return
+    try:
+        outcome = services.process_page(job_id, cursor, zkillboard_client(), esi_client())
+    except (ZkillboardRejected, ZkillboardBlocked) as exc:
+        services.fail_job(job_id, str(exc))
+        return
+    except RateLimited as exc:
+        services.release_page(job_id)
+        _retry(self, job_id, exc, exc.retry_after + random.uniform(0, 1))
+        return
+    except (ZkillboardUnavailable, EsiUnavailable) as exc:
+        services.release_page(job_id)
+        services.note_error(job_id, str(exc))
+        _retry(self, job_id, exc)
+        return
+    for start in range(0, len(outcome.pending_ids), services.BODY_CHUNK):
+        enqueue(fetch_bodies, job_id, outcome.pending_ids[start : start + services.BODY_CHUNK])
+    if outcome.next_cursor:
+        enqueue(fetch_page, job_id, outcome.next_cursor)
+    else:
+        services.finish_if_done(job_id)
+
+
+@shared_task(**TASK_OPTIONS)
+def fetch_bodies(self: Task, job_id: int, killmail_ids: list[int]) -> None:
+    """Fetch pending killmail bodies from ESI and store them."""
+    try:
+        services.fetch_bodies(job_id, killmail_ids, esi_client())
+    except RateLimited as exc:
+        _retry(self, job_id, exc, exc.retry_after + random.uniform(0, 1))
+        return
+    except EsiUnavailable as exc:
+        if self.request.retries >= self.max_retries:
+            services.give_up_bodies(job_id, killmail_ids, f"ESI kept failing: {exc}")
+        else:
+            services.note_error(job_id, str(exc))
+            _retry(self, job_id, exc)
+            return
+    services.finish_if_done(job_id)
+
+
+@shared_task(bind=True, acks_late=True)
+def resume_stalled_jobs(self: Task) -> int:
+    """Watchdog (Celery beat): restart the steps of running jobs that stopped moving."""
+    jobs = services.stalled_jobs()
+    for job in jobs:
+        logger.warning("Job %s made no progress for a while; resuming it", job.pk)
+        services.touch(job.pk)
+        queue_job_steps(job.pk)
+    return len(jobs)
+
+
+def queue_job_steps(job_id: int) -> None:
+    """Queue what a job needs next: its page at the cursor and its pending bodies."""
+    job = BackfillJob.objects.get(pk=job_id)
+    if not job.paging_done:
+        enqueue(fetch_page, job.pk, job.cursor)
+    for chunk in services.pending_chunks(job.pk):
+        enqueue(fetch_bodies, job.pk, chunk)
+    if job.paging_done:
+        transaction.on_commit(lambda: services.finish_if_done(job_id))
+
+
+def start_job(job_id: int) -> None:
+    """Start (or resume) a queued job: runs in-process without a broker, else on workers."""
+    queue_job_steps(job_id)

@@ -1,0 +1,159 @@
+"""The zKillboard API client: one session, one timeout, the User-Agent, the shared rate.
+
+Filters are path segments ending with "/", never a query string or a disabled modifier.
+zKillboard answers errors as HTTP 200 with `{"error": ...}` (permanent), 429 when over the
+rate (wait as long as it says), and a redirect to /api/blocked.json once a client has made
+too many errors (stop). Every request first takes a slot of the deployment-wide limiter.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import requests
+
+from killboard.ratelimit import RateLimited
+
+logger = logging.getLogger(__name__)
+
+# Seconds to connect and to wait for an answer; zKillboard pages are cached, so answers are fast.
+TIMEOUT = (5.0, 30.0)
+# Seconds to wait when a 429 comes without Retry-After.
+DEFAULT_RETRY_AFTER = 10.0
+LIMIT_NAME = "zkillboard"
+
+
+class ZkillboardError(Exception):
+    """Any failure talking to zKillboard."""
+
+
+class ZkillboardUnavailable(ZkillboardError):
+    """A transient failure (network, 5xx, a broken body): retry with backoff."""
+
+
+class ZkillboardRejected(ZkillboardError):
+    """zKillboard answered `{"error": ...}`: permanent for this request, never retried."""
+
+
+class ZkillboardBlocked(ZkillboardError):
+    """zKillboard redirected to blocked.json: this IP made too many errors; stop."""
+
+
+class Limiter(Protocol):
+    """The deployment-wide limiter (killboard.ratelimit) as this client uses it."""
+
+    def acquire(self, name: str, interval: float, max_wait: float) -> None: ...
+
+    def block(self, name: str, seconds: float) -> None: ...
+
+
+@dataclass(frozen=True)
+class PageItem:
+    """One killmail of a page: its id and zkb, and its ESI body when the page carries it."""
+
+    killmail_id: int
+    killmail_hash: str
+    zkb: dict[str, Any]
+    body: dict[str, Any] | None
+
+    @property
+    def record(self) -> dict[str, Any]:
+        """The body plus zkb, as ingest takes it (only when the body is there)."""
+        assert self.body is not None
+        return {**self.body, "zkb": self.zkb}
+
+
+def page_path(target_type: str, target_id: int, page: int, year: int = 0, month: int = 0) -> str:
+    """The API path of one page, e.g. `characterID/90/year/2019/month/5/page/2/`."""
+    path = f"{target_type}ID/{target_id}/"
+    if year:
+        path += f"year/{year}/month/{month}/"
+    return path + f"page/{page}/"
+
+
+def _item(raw: Any) -> PageItem:
+    if not isinstance(raw, dict):
+        raise ZkillboardUnavailable(f"page item is not an object: {raw!r:.60}")
+    zkb = raw.get("zkb")
+    killmail_id = raw.get("killmail_id")
+    if type(killmail_id) is not int or not isinstance(zkb, dict):
+        raise ZkillboardUnavailable(f"page item lacks killmail_id or zkb: {raw!r:.80}")
+    killmail_hash = zkb.get("hash")
+    if not isinstance(killmail_hash, str):
+        raise ZkillboardUnavailable(f"killmail {killmail_id} has no hash")
+    body = {key: value for key, value in raw.items() if key != "zkb"}
+    # Pages before 2026-06-27 hold only {"killmail_id", "zkb"}: the body comes from ESI.
+    return PageItem(killmail_id, killmail_hash, zkb, body if len(body) > 1 else None)
+
+
+class ZkillboardClient:
+    """Fetches pages of zKillboard's API within the deployment-wide request rate."""
+
+    def __init__(
+        self,
+        base_url: str,
+        contact: str,
+        requests_per_second: float,
+        limiter: Limiter,
+        max_wait: float = 60.0,
+    ) -> None:
+        self.base_url = base_url if base_url.endswith("/") else base_url + "/"
+        self.interval = 1.0 / requests_per_second
+        self.limiter = limiter
+        self.max_wait = max_wait
+        self.session = requests.Session()
+        self.session.headers.update(
+            {
+                "User-Agent": f"killboard-backfill/0.1 (+contact: {contact})",
+                "Accept-Encoding": "gzip",
+                "Accept": "application/json",
+            }
+        )
+
+    def fetch_page(
+        self, target_type: str, target_id: int, page: int, year: int = 0, month: int = 0
+    ) -> list[PageItem]:
+        """One page of killmails, newest first; fewer than 200 items means the last page."""
+        path = page_path(target_type, target_id, page, year, month)
+        self.limiter.acquire(LIMIT_NAME, self.interval, self.max_wait)
+        try:
+            response = self.session.get(
+                self.base_url + path, timeout=TIMEOUT, allow_redirects=False
+            )
+        except requests.RequestException as exc:
+            raise ZkillboardUnavailable(f"{path}: {exc}") from exc
+        return self._parse(path, response)
+
+    def _parse(self, path: str, response: requests.Response) -> list[PageItem]:
+        if response.is_redirect:
+            location = response.headers.get("Location", "")
+            if "blocked" in location:
+                raise ZkillboardBlocked(
+                    "zKillboard has blocked this IP for too many errors (redirect to "
+                    f"{location}); wait before any new backfill"
+                )
+            raise ZkillboardUnavailable(f"{path}: unexpected redirect to {location}")
+        if response.status_code == 429:
+            retry_after = _retry_after(response)
+            self.limiter.block(LIMIT_NAME, retry_after)
+            raise RateLimited(retry_after, "zKillboard answered 429")
+        if response.status_code != 200:
+            raise ZkillboardUnavailable(f"{path}: HTTP {response.status_code}")
+        try:
+            data = response.json()
+        except ValueError as exc:
+            raise ZkillboardUnavailable(f"{path}: the answer is not JSON") from exc
+        if isinstance(data, dict) and "error" in data:
+            raise ZkillboardRejected(f"{path}: zKillboard says {data['error']!r}")
+        if not isinstance(data, list):
+            raise ZkillboardUnavailable(f"{path}: expected a list, got {type(data).__name__}")
+        return [_item(raw) for raw in data]
+
+
+def _retry_after(response: requests.Response) -> float:
+    try:
+        return max(1.0, float(response.headers["Retry-After"]))
+    except (KeyError, ValueError):
+        return DEFAULT_RETRY_AFTER

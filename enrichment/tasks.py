@@ -1,0 +1,193 @@
+"""Celery tasks of enrichment: thin wrappers that call `enrichment.services` and queue on.
+
+Queues (config/settings.py CELERY_TASK_ROUTES): names and characters on
+`esi_character_info_queue`, then one queue per detail kind. Every task is idempotent (it
+works from what the database says is due), so all run with acks_late. Transient ESI failures
+retry with backoff and jitter; a rate limit retries when ESI says; permanent errors are
+written on the entity (retry time, not_found) by the services, never retried.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict
+from functools import partial
+from typing import Any, TypeVar
+
+from celery import Task, shared_task
+from celery.utils.time import get_exponential_backoff_interval
+from django.conf import settings
+from django.db import transaction
+
+from enrichment import services
+from enrichment.esi import EsiUnavailable
+from killboard.ratelimit import RateLimited
+
+logger = logging.getLogger(__name__)
+
+TASK_OPTIONS: dict[str, Any] = {
+    "bind": True,
+    "acks_late": True,
+    "max_retries": 6,  # for EsiUnavailable: network errors, 5xx, downtime, broken bodies
+    "retry_backoff": 10,  # seconds before the first retry, doubled each time
+    "retry_backoff_max": 600,
+    "retry_jitter": True,
+}
+# Waits for a rate limit are as long as ESI says, and cost ESI nothing; bounded all the same.
+RATE_LIMITED_MAX_RETRIES = 30
+DETAIL_BATCH = 100  # ids per detail task
+MAX_IDS_PER_TASK = 200  # a detail task given more queues the rest as further tasks
+REFRESH_BATCH = 1000  # ids per kind queued by one refresh run (it runs hourly)
+RESOLVE_NAMES_RUN = "enrichment.resolve_names"
+
+T = TypeVar("T")
+
+
+def _call(task: Task, service: Callable[[], T]) -> T:
+    """Run a service; on a transient failure retry the task (or, in-process, the call).
+
+    In-process (the embedded default, tasks run eagerly) there is no queue to come back from
+    and Celery would only raise `Retry`, so the call is repeated here: after a rate limit the
+    limiter holds the block and the next call waits it out; after a failure, a backoff.
+    """
+    attempts = 0
+    while True:
+        try:
+            return service()
+        except RateLimited as exc:
+            if not task.request.is_eager:
+                logger.info("%s waits %.0fs for ESI: %s", task.name, exc.retry_after, exc)
+                raise task.retry(
+                    countdown=exc.retry_after, exc=exc, max_retries=RATE_LIMITED_MAX_RETRIES
+                ) from exc
+            if attempts >= RATE_LIMITED_MAX_RETRIES:
+                raise
+        except EsiUnavailable as exc:
+            retries = attempts if task.request.is_eager else task.request.retries
+            countdown = get_exponential_backoff_interval(
+                task.retry_backoff, retries, task.retry_backoff_max, task.retry_jitter
+            )
+            logger.warning(
+                "%s failed (%s); retry %s in %ss", task.name, exc, retries + 1, countdown
+            )
+            if not task.request.is_eager:
+                raise task.retry(countdown=countdown, exc=exc) from exc
+            if attempts >= task.max_retries:
+                raise
+            time.sleep(countdown)
+        attempts += 1
+
+
+@shared_task(**TASK_OPTIONS)
+def resolve_names(self: Task, details: bool = True) -> dict[str, int]:
+    """Name every entity whose name is due; then queue the details of those just named."""
+    services.release_queued_run(RESOLVE_NAMES_RUN)
+    on_named = _queue_detail_batches if details else None
+    result = _call(self, partial(services.resolve_names, on_named=on_named))
+    return {
+        "resolved": result.resolved,
+        "calls": result.calls,
+        "unresolvable": len(result.unresolvable),
+    }
+
+
+def _enrich(task: Task, kind: str, ids: Sequence[int]) -> dict[str, int]:
+    if len(ids) > MAX_IDS_PER_TASK:
+        # Bound the work of one run: the rest goes out as tasks of its own, side by side.
+        _queue_detail_batches(kind, ids[MAX_IDS_PER_TASK:])
+        ids = ids[:MAX_IDS_PER_TASK]
+    return asdict(_call(task, partial(services.enrich_details, kind, ids)))
+
+
+@shared_task(**TASK_OPTIONS)
+def enrich_characters(self: Task, ids: list[int]) -> dict[str, int]:
+    """Fetch the details of characters (corporation, alliance, security status, birthday)."""
+    return _enrich(self, "character", ids)
+
+
+@shared_task(**TASK_OPTIONS)
+def enrich_corporations(self: Task, ids: list[int]) -> dict[str, int]:
+    """Fetch the details of corporations (ticker, CEO, alliance, member count)."""
+    return _enrich(self, "corporation", ids)
+
+
+@shared_task(**TASK_OPTIONS)
+def enrich_alliances(self: Task, ids: list[int]) -> dict[str, int]:
+    """Fetch the details of alliances (ticker, executor corporation)."""
+    return _enrich(self, "alliance", ids)
+
+
+@shared_task(**TASK_OPTIONS)
+def enrich_types(self: Task, ids: list[int]) -> dict[str, int]:
+    """Fetch the details of item types (name, group)."""
+    return _enrich(self, "type", ids)
+
+
+DETAIL_TASKS: dict[str, Task] = {
+    "character": enrich_characters,
+    "corporation": enrich_corporations,
+    "alliance": enrich_alliances,
+    "type": enrich_types,
+}
+
+
+@shared_task(**TASK_OPTIONS)
+def refresh_stale(self: Task) -> dict[str, int]:
+    """Periodic: queue details older than ENRICHMENT_MAX_AGE (oldest first) and due names."""
+    queued = {}
+    for kind in services.DETAIL_KINDS:
+        ids = services.stale_entities(kind, settings.ENRICHMENT_MAX_AGE, REFRESH_BATCH)
+        queue_details({kind: ids})
+        queued[kind] = len(ids)
+    enqueue_enrichment()
+    return queued
+
+
+def _queue_detail_batches(kind: str, ids: Sequence[int]) -> None:
+    task = DETAIL_TASKS.get(kind)
+    if task is None:  # solar systems and factions have a name only
+        return
+    for start in range(0, len(ids), DETAIL_BATCH):
+        batch = list(ids[start : start + DETAIL_BATCH])
+        transaction.on_commit(partial(task.delay, batch))
+
+
+def queue_details(ids_by_kind: Mapping[str, Sequence[int]]) -> None:
+    """Queue detail tasks of up to DETAIL_BATCH ids each, once the current transaction commits."""
+    for kind, ids in ids_by_kind.items():
+        _queue_detail_batches(kind, ids)
+
+
+def enqueue_enrichment(details: bool | None = None) -> bool:
+    """Queue a name scan unless one is queued and not started yet; True if this call queued it.
+
+    Called after killmails are stored. `details` (queue the details of what gets named)
+    defaults to on with a broker and off in-process, where the scan runs inline in the caller
+    and thousands of detail calls would hold up a backfill; `manage.py enrich` fetches them.
+    """
+    if details is None:
+        details = not settings.CELERY_TASK_ALWAYS_EAGER
+    if not services.claim_queued_run(RESOLVE_NAMES_RUN):
+        return False
+
+    def send() -> None:
+        try:
+            resolve_names.delay(details=details)
+        except BaseException:
+            services.release_queued_run(RESOLVE_NAMES_RUN)
+            raise
+
+    transaction.on_commit(send)
+    return True
+
+
+def on_killmails_stored(sender: Any, killmail_ids: Sequence[int] = (), **kwargs: Any) -> None:
+    """Receiver of `killboard.signals.killmails_stored`: name what the new killmails brought."""
+    try:
+        enqueue_enrichment()
+    except Exception:
+        # The batch is committed already; failing its sender (a backfill task) would only
+        # redo it. Names stay due, and the next batch, refresh_stale or `enrich` take them.
+        logger.exception("Could not start enrichment after killmails %s", killmail_ids[:5])

@@ -1,0 +1,125 @@
+"""Run the fake upstream as its own process, for ``make demo`` and benchmarks.
+
+Example::
+
+    python -m tests.fakeupstream --port 8765 --character 2117325769:3000 --item-shape mixed
+
+On start it prints one JSON line with its URLs ({"url", "zkb_url", "esi_url"}) and flushes,
+so a parent process can read where to point its clients; it runs until SIGTERM or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from types import FrameType
+
+from .server import FakeUpstream
+from .world import World
+
+
+def parse_character(text: str) -> tuple[int, int]:
+    """Parse "CHARACTER_ID:KILLMAILS" into a pair of integers."""
+    character_id, _, count = text.partition(":")
+    try:
+        return int(character_id), int(count or "100")
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected ID:KILLMAILS, got {text!r}") from None
+
+
+def parse_shared(text: str) -> tuple[list[int], int]:
+    """Parse "ID,ID:KILLMAILS" into the characters and how many killmails they share."""
+    ids, _, count = text.partition(":")
+    try:
+        return [int(i) for i in ids.split(",")], int(count or "100")
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected ID,ID:KILLMAILS, got {text!r}") from None
+
+
+def parse_bucket(text: str) -> tuple[int, float]:
+    """Parse "LIMIT/WINDOW_SECONDS" (like 3600/900) into a bucket size."""
+    limit, _, window = text.partition("/")
+    try:
+        return int(limit), float(window)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LIMIT/SECONDS, got {text!r}") from None
+
+
+def parse_ids(text: str) -> list[int]:
+    """Parse "ID,ID,..." into integers."""
+    try:
+        return [int(i) for i in text.split(",") if i]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected ID,ID,..., got {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the command-line parser."""
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.fakeupstream",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8765, help="0 picks a free port")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--character", type=parse_character, action="append", default=[], metavar="ID:N"
+    )
+    parser.add_argument(
+        "--shared", type=parse_shared, action="append", default=[], metavar="ID,ID:N"
+    )
+    parser.add_argument("--zkb-rate", type=float, default=1.0, help="requests per second")
+    parser.add_argument("--item-shape", choices=("full", "zkbonly", "mixed"), default="full")
+    parser.add_argument("--latency-zkb", type=float, default=0.0, help="seconds")
+    parser.add_argument("--latency-esi", type=float, default=0.0, help="seconds")
+    parser.add_argument(
+        "--esi-killmail-bucket", type=parse_bucket, default=(3600, 900.0), metavar="LIMIT/SECONDS"
+    )
+    parser.add_argument("--unresolvable", type=parse_ids, default=[], metavar="ID,ID")
+    parser.add_argument(
+        "--config", type=json.loads, default={}, help="JSON object of extra configure() keys"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Build the world, serve it until SIGTERM or Ctrl-C, and return the exit status."""
+    args = build_parser().parse_args(argv)
+    world = World(seed=args.seed)
+    for character_id, count in args.character:
+        world.add_character(character_id, count)
+    for character_ids, count in args.shared:
+        world.add_shared(character_ids, count)
+    world.add_unresolvable(args.unresolvable)
+    upstream = FakeUpstream(
+        world,
+        zkb_rate=args.zkb_rate,
+        esi_killmail_bucket=args.esi_killmail_bucket,
+        item_shape=args.item_shape,
+        latency_zkb=args.latency_zkb,
+        latency_esi=args.latency_esi,
+        host=args.host,
+        port=args.port,
+    )
+    upstream.configure(**args.config)
+    stopping = threading.Event()
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    with upstream:
+        urls = {"url": upstream.url, "zkb_url": upstream.zkb_url, "esi_url": upstream.esi_url}
+        print(json.dumps(urls), flush=True)
+        while not stopping.wait(0.5):
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1016 @@
+"""The fake zKillboard API and ESI, served over real HTTP on loopback.
+
+``FakeUpstream`` answers like the real services do (see the upstream facts in the design) and
+counts every rule a client breaks as a *violation*, so tests can assert that a client is a
+good citizen: zero violations. It also injects faults on demand (5xx, held answers, truncated
+JSON, HTML error pages, 429 bursts, 420 storms), reproducibly from a seed.
+
+Standard library only, no Django: it runs in a thread of a pytest process or as its own
+process (``python -m tests.fakeupstream``). Other processes read its statistics and change its
+configuration through ``GET /_fake/stats`` and ``POST /_fake/config``.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import gzip
+import hashlib
+import json
+import math
+import random
+import sys
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any
+from urllib.parse import urlsplit
+
+from .world import SAMPLES_DIR, World, killmail_id_at, killmail_time
+
+ZKB_PREFIX = "/zkb/api"
+ZKB_BLOCKED_PATH = "/zkb/api/blocked.json"
+ESI_PREFIX = "/esi/"
+CONTROL_PREFIX = "/_fake/"
+
+ZKB_PAGE_SIZE = 200
+ZKB_MAX_PAGE = 100
+ZKB_BURST = 2  # tokens: a client pacing at the rate may send two back to back after a pause
+ZKB_ERROR_WINDOW = 300.0  # seconds over which zKillboard counts {"error"} answers
+ZKB_WITHHELD_SECONDS = 300  # killmails younger than this are not listed yet
+ZKB_PAST_SECONDS_MAX = 604_800
+FULL_ITEMS_SINCE = datetime(2026, 6, 27, tzinfo=UTC)  # zKillboard pages carry bodies since
+DISABLED_MODIFIERS = frozenset(
+    {"limit", "startTime", "endTime", "beforeKillID", "afterKillID", "orderDirection"}
+)
+ZKB_ID_FILTERS = {
+    "characterID": "character_ids",
+    "corporationID": "corporation_ids",
+    "allianceID": "alliance_ids",
+}
+ZKB_NUMBER_FILTERS = frozenset({"year", "month", "pastSeconds", "page"})
+
+ESI_ERROR_WINDOW = 60.0  # seconds; ESI's error limit resets every minute
+ESI_GROUPS = ("killmail", "names", "character", "corporation", "alliance", "universe")
+DEFAULT_ESI_BUCKETS: dict[str, tuple[int, float]] = {
+    "killmail": (3600, 900.0),
+    "names": (36000, 900.0),
+    "character": (36000, 900.0),
+    "corporation": (36000, 900.0),
+    "alliance": (36000, 900.0),
+    "universe": (36000, 900.0),
+}
+ESI_SUCCESS_COST = 2  # a request is refused unless the bucket still holds a 2xx's cost
+DETAILS_EXPIRE_SECONDS = 3600
+KILLMAIL_EXPIRE_SECONDS = 30 * 86400  # killmails never change
+NAMES_MAX_IDS = 1000
+NAMES_404_BODY = (SAMPLES_DIR / "esi_universe_names_404_issue1181.json").read_bytes()
+
+JSON_TYPE = "application/json; charset=utf-8"
+HTML_TYPE = "text/html; charset=utf-8"
+HTML_ERROR_PAGE = (
+    b"<!DOCTYPE html><html><head><title>502 Bad gateway</title></head>"
+    b"<body><h1>Bad gateway</h1><p>The web server reported a bad gateway error.</p>"
+    b"<p>cloudflare</p></body></html>"
+)
+RouteHandler = Callable[["Request"], "Response"]
+MAX_VIOLATIONS_KEPT = 10_000  # the count keeps going; only the list is bounded
+
+FAMILIES = (
+    "zkb_pages",
+    "zkb_blocked_json",
+    "esi_killmails",
+    "esi_names",
+    "esi_characters",
+    "esi_corporations",
+    "esi_alliances",
+    "esi_types",
+    "esi_other",
+    "control",
+    "other",
+)
+DETAIL_FAMILIES = ("esi_characters", "esi_corporations", "esi_alliances", "esi_types")
+
+
+@dataclass
+class Request:
+    """One HTTP request as the emulation sees it (header names in lower case)."""
+
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]
+    body: bytes = b""
+
+
+@dataclass
+class Response:
+    """One HTTP answer; ``hold`` delays it to emulate a hanging upstream."""
+
+    status: int
+    body: bytes = b""
+    content_type: str = JSON_TYPE
+    headers: dict[str, str] = field(default_factory=dict)
+    hold: float = 0.0
+
+    @classmethod
+    def json(cls, status: int, payload: Any, **headers: str) -> Response:
+        """Build a JSON answer."""
+        body = json.dumps(payload, separators=(",", ":")).encode()
+        return cls(status, body, JSON_TYPE, dict(headers))
+
+
+@dataclass
+class FakeConfig:
+    """Tunable behaviour; every field can be changed with ``FakeUpstream.configure``."""
+
+    zkb_rate: float = 1.0  # requests per second refilled into zKillboard's bucket
+    item_shape: str = "full"  # "full", "zkbonly" or "mixed" (bodies from 2026-06-27 on)
+    latency_zkb: float = 0.0  # seconds slept before every zKillboard answer
+    latency_esi: float = 0.0  # seconds slept before every ESI answer
+    zkb_error_limit: int = 40  # more {"error"} answers than this in 5 minutes: blocked
+    esi_error_limit: int = 100  # non-2xx/3xx answers allowed per minute before 420
+    fault_rate_5xx: float = 0.0  # probability of a 502/503/504
+    fault_rate_timeout: float = 0.0  # probability of holding the answer timeout_hold seconds
+    fault_rate_truncated: float = 0.0  # probability of a 200 with half a JSON body
+    fault_rate_html: float = 0.0  # probability of a 200 with an HTML error page
+    timeout_hold: float = 15.0
+    fault_seed: int = 0
+
+
+@dataclass(frozen=True)
+class ZkbQuery:
+    """A parsed zKillboard filter path."""
+
+    character_ids: tuple[int, ...] = ()
+    corporation_ids: tuple[int, ...] = ()
+    alliance_ids: tuple[int, ...] = ()
+    side: str | None = None
+    start: datetime | None = None
+    end: datetime | None = None
+    page: int = 1
+
+
+@dataclass(frozen=True)
+class ZkbError:
+    """A zKillboard error answer, and the rule it breaks if the client should have known."""
+
+    message: str
+    rule: str | None = None
+
+
+class TokenBucket:
+    """zKillboard's rate: tokens refill continuously up to a small burst capacity."""
+
+    def __init__(self, rate: float, capacity: float, now: float) -> None:
+        """Create a full bucket."""
+        self.rate = rate
+        self.capacity = capacity
+        self.tokens = capacity
+        self.updated = now
+
+    def take(self, now: float) -> float:
+        """Take a token; return 0 on success, else the seconds until one is available."""
+        self.refill(now)
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return 0.0
+        return (1 - self.tokens) / self.rate
+
+    def refill(self, now: float) -> None:
+        """Add the tokens earned since the last call."""
+        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+
+
+class SlidingWindow:
+    """An ESI rate-limit group: tokens spent return to the bucket a window later."""
+
+    def __init__(self, limit: int, window: float) -> None:
+        """Create an unused group bucket of limit tokens per window seconds."""
+        self.limit = limit
+        self.window = window
+        self._spent: deque[tuple[float, int]] = deque()
+        self._used = 0
+
+    def used(self, now: float) -> int:
+        """Return the tokens spent in the last window."""
+        while self._spent and self._spent[0][0] <= now - self.window:
+            self._used -= self._spent.popleft()[1]
+        return self._used
+
+    def remaining(self, now: float) -> int:
+        """Return the tokens left."""
+        return self.limit - self.used(now)
+
+    def charge(self, now: float, cost: int) -> None:
+        """Spend tokens."""
+        if cost:
+            self._spent.append((now, cost))
+            self._used += cost
+
+    def retry_after(self, now: float, need: int) -> int:
+        """Return whole seconds (at least 1) until need tokens are back."""
+        available = self.remaining(now)
+        for spent_at, cost in self._spent:
+            available += cost
+            if available >= need:
+                return max(1, math.ceil(spent_at + self.window - now))
+        return max(1, math.ceil(self.window))
+
+    def describe(self) -> str:
+        """Return the limit as ESI's X-Ratelimit-Limit shows it, like "3600/15m"."""
+        seconds = int(self.window)
+        if seconds % 3600 == 0:
+            return f"{self.limit}/{seconds // 3600}h"
+        if seconds % 60 == 0:
+            return f"{self.limit}/{seconds // 60}m"
+        return f"{self.limit}/{seconds}s"
+
+
+class ErrorWindow:
+    """ESI's error limit: a one-minute window opened by the first error, plus forced storms."""
+
+    def __init__(self, limit: int) -> None:
+        """Create a window with no errors."""
+        self.limit = limit
+        self.started: float | None = None
+        self.errors = 0
+        self.storm_until = 0.0
+
+    def _roll(self, now: float) -> None:
+        if self.started is not None and now >= self.started + ESI_ERROR_WINDOW:
+            self.started = None
+            self.errors = 0
+
+    def add(self, now: float) -> None:
+        """Count one error answer."""
+        self._roll(now)
+        if self.started is None:
+            self.started = now
+        self.errors += 1
+
+    def in_storm(self, now: float) -> bool:
+        """Tell whether a forced 420 storm is going on."""
+        return now < self.storm_until
+
+    def exhausted(self, now: float) -> bool:
+        """Tell whether the client has used up its errors for this window."""
+        self._roll(now)
+        return self.started is not None and self.errors >= self.limit
+
+    def remain(self, now: float) -> int:
+        """Return X-ESI-Error-Limit-Remain."""
+        self._roll(now)
+        if self.in_storm(now):
+            return 0
+        return max(0, self.limit - self.errors)
+
+    def reset(self, now: float) -> int:
+        """Return X-ESI-Error-Limit-Reset: whole seconds until the window ends."""
+        self._roll(now)
+        if self.in_storm(now):
+            return max(1, math.ceil(self.storm_until - now))
+        if self.started is None:
+            return int(ESI_ERROR_WINDOW)
+        return max(1, math.ceil(self.started + ESI_ERROR_WINDOW - now))
+
+
+class FakeUpstream:
+    """zKillboard's API under /zkb/api/ and ESI under /esi/, on 127.0.0.1."""
+
+    def __init__(
+        self,
+        world: World,
+        *,
+        zkb_rate: float = 1.0,
+        esi_killmail_bucket: tuple[int, float] = (3600, 900.0),
+        item_shape: str = "full",
+        latency_zkb: float = 0.0,
+        latency_esi: float = 0.0,
+        esi_buckets: dict[str, tuple[int, float]] | None = None,
+        fault_seed: int = 0,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        """Prepare a server for a world; nothing listens until start()."""
+        self.world = world
+        self.host = host
+        self.port = port
+        self.config = FakeConfig()
+        self._lock = threading.Lock()
+        self._httpd: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._bucket_sizes = dict(DEFAULT_ESI_BUCKETS)
+        self._bucket_sizes.update(esi_buckets or {})
+        self._bucket_sizes["killmail"] = esi_killmail_bucket
+        self._esi_routes = self._build_esi_routes()
+        self.reset_limits()
+        self.reset_stats()
+        self.configure(
+            zkb_rate=zkb_rate,
+            item_shape=item_shape,
+            latency_zkb=latency_zkb,
+            latency_esi=latency_esi,
+            fault_seed=fault_seed,
+        )
+
+    # -- life cycle --------------------------------------------------------------------------
+
+    def start(self, port: int | None = None) -> FakeUpstream:
+        """Listen on 127.0.0.1 (port 0: any free port) and serve from a daemon thread."""
+        self._httpd = _Server((self.host, self.port if port is None else port), _Handler)
+        self._httpd.upstream = self
+        self.port = self._httpd.server_address[1]
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever,
+            kwargs={"poll_interval": 0.1},
+            name=f"fake-upstream-{self.port}",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop listening; answers still held by timeout faults die with their threads."""
+        if self._httpd is None:
+            return
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._httpd = None
+        self._thread = None
+
+    def __enter__(self) -> FakeUpstream:
+        """Start the server."""
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        """Stop the server."""
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        """Return the server's base URL, like http://127.0.0.1:PORT."""
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def zkb_url(self) -> str:
+        """Return the zKillboard API base URL (ends with /)."""
+        return self.url + ZKB_PREFIX + "/"
+
+    @property
+    def esi_url(self) -> str:
+        """Return the ESI base URL (ends with /)."""
+        return self.url + ESI_PREFIX
+
+    # -- configuration and statistics --------------------------------------------------------
+
+    def configure(self, **changes: Any) -> None:
+        """Change behaviour at run time (thread-safe); unknown keys raise ValueError.
+
+        Besides the FakeConfig fields: ``esi_killmail_bucket`` (limit, window seconds),
+        ``esi_buckets`` {group: (limit, window)}, ``burst_429`` (answer the next N requests
+        with 429, no violation) and ``storm_420`` (ESI answers 420 for N seconds, no violation).
+        """
+        names = {f.name for f in fields(FakeConfig)}
+        special = {"esi_killmail_bucket", "esi_buckets", "burst_429", "storm_420"}
+        unknown = set(changes) - names - special
+        if unknown:
+            raise ValueError(f"unknown configuration keys: {sorted(unknown)}")
+        if changes.get("item_shape", "full") not in ("full", "zkbonly", "mixed"):
+            raise ValueError("item_shape must be full, zkbonly or mixed")
+        now = time.monotonic()
+        with self._lock:
+            for name in names & set(changes):
+                setattr(self.config, name, type(getattr(self.config, name))(changes[name]))
+            if "zkb_rate" in changes:
+                self._zkb_bucket.refill(now)
+                self._zkb_bucket.rate = self.config.zkb_rate
+            if "fault_seed" in changes:
+                self._faults = random.Random(self.config.fault_seed)
+            if "esi_error_limit" in changes:
+                self._esi_errors.limit = self.config.esi_error_limit
+            buckets = dict(changes.get("esi_buckets") or {})
+            if "esi_killmail_bucket" in changes:
+                buckets["killmail"] = changes["esi_killmail_bucket"]
+            for group, (limit, window) in buckets.items():
+                if group not in ESI_GROUPS:
+                    raise ValueError(f"unknown ESI group {group!r}")
+                self._bucket_sizes[group] = (int(limit), float(window))
+                self._esi_buckets[group] = SlidingWindow(int(limit), float(window))
+            if "burst_429" in changes:
+                self._burst_429 = int(changes["burst_429"])
+            if "storm_420" in changes:
+                self._esi_errors.storm_until = now + float(changes["storm_420"])
+
+    def current_config(self) -> dict[str, Any]:
+        """Return the configuration as plain JSON-able data."""
+        with self._lock:
+            config = asdict(self.config)
+            config["esi_buckets"] = {g: list(size) for g, size in self._bucket_sizes.items()}
+            config["burst_429"] = self._burst_429
+            return config
+
+    def reset_limits(self) -> None:
+        """Refill every bucket and forget errors and blocks, as if time had passed."""
+        now = time.monotonic()
+        with self._lock:
+            self._zkb_bucket = TokenBucket(self.config.zkb_rate, ZKB_BURST, now)
+            self._zkb_errors: deque[float] = deque()
+            self._esi_buckets = {g: SlidingWindow(*size) for g, size in self._bucket_sizes.items()}
+            self._esi_errors = ErrorWindow(self.config.esi_error_limit)
+            self._burst_429 = 0
+
+    def reset_stats(self) -> None:
+        """Forget request counts and violations."""
+        with self._lock:
+            self._requests: Counter[str] = Counter()
+            self._statuses: dict[str, Counter[str]] = {"zkb": Counter(), "esi": Counter()}
+            self._fault_counts: Counter[str] = Counter()
+            self._violations: list[dict[str, Any]] = []
+            self._violation_count = 0
+            self._violations_by_rule: Counter[str] = Counter()
+            self._zkb_error_answers = 0
+            self._esi_error_answers = 0
+            self._served_killmails: set[int] = set()
+            self._delivered_bodies: set[int] = set()
+            self._killmail_refetches = 0
+            self._killmail_fetched_despite_body = 0
+
+    def stats(self) -> dict[str, Any]:
+        """Return request counts per route family, statuses, faults and violations."""
+        with self._lock:
+            stats: dict[str, Any] = {family: self._requests[family] for family in FAMILIES}
+            stats["esi_details"] = sum(self._requests[f] for f in DETAIL_FAMILIES)
+            stats["requests"] = sum(self._requests.values())
+            stats["statuses"] = {k: dict(v) for k, v in self._statuses.items()}
+            stats["faults"] = dict(self._fault_counts)
+            stats["zkb_error_answers"] = self._zkb_error_answers
+            stats["esi_error_answers"] = self._esi_error_answers
+            stats["esi_killmail_refetches"] = self._killmail_refetches
+            stats["esi_killmail_fetched_despite_body"] = self._killmail_fetched_despite_body
+            stats["violations"] = list(self._violations)
+            stats["violation_count"] = self._violation_count
+            stats["violations_by_rule"] = dict(self._violations_by_rule)
+            return stats
+
+    # -- dispatch ----------------------------------------------------------------------------
+
+    def handle(self, request: Request) -> Response:
+        """Answer one request (called from the HTTP handler threads)."""
+        path = request.path
+        if path.startswith(CONTROL_PREFIX):
+            return self._control(request)
+        if path == ZKB_BLOCKED_PATH:
+            return self._zkb_blocked_json(request)
+        if path.startswith(ZKB_PREFIX):
+            return self._zkb(request)
+        if path.startswith(ESI_PREFIX):
+            return self._esi(request)
+        self._count("other")
+        return Response.json(404, {"error": "not found"})
+
+    def _count(self, family: str) -> None:
+        with self._lock:
+            self._requests[family] += 1
+
+    def _violate(self, rule: str, request: Request) -> None:
+        """Record a broken rule; call with the lock held."""
+        self._violation_count += 1
+        self._violations_by_rule[rule] += 1
+        if len(self._violations) < MAX_VIOLATIONS_KEPT:
+            moment = datetime.now(UTC).isoformat(timespec="milliseconds")
+            path = request.path + ("?" + request.query if request.query else "")
+            self._violations.append({"rule": rule, "path": path, "time": moment})
+
+    def _check_user_agent(self, request: Request, rule: str) -> None:
+        """Count a violation for a User-Agent without contact details; call with the lock."""
+        agent = request.headers.get("user-agent", "")
+        if "@" not in agent and "http" not in agent.lower():
+            self._violate(rule, request)
+
+    def _draw_fault(self) -> str | None:
+        """Draw this request's fault; always four draws, so a seed replays the same faults."""
+        config = self.config
+        draws = [self._faults.random() for _ in range(4)]
+        rates = (
+            ("5xx", config.fault_rate_5xx),
+            ("timeout", config.fault_rate_timeout),
+            ("truncated", config.fault_rate_truncated),
+            ("html", config.fault_rate_html),
+        )
+        for draw, (fault, rate) in zip(draws, rates, strict=True):
+            if draw < rate:
+                self._fault_counts[fault] += 1
+                return fault
+        return None
+
+    def _fault_status(self) -> int:
+        return self._faults.choice((502, 503, 504))
+
+    # -- zKillboard --------------------------------------------------------------------------
+
+    def _zkb(self, request: Request) -> Response:
+        gzip_accepted = "gzip" in request.headers.get("accept-encoding", "").lower()
+        with self._lock:
+            self._requests["zkb_pages"] += 1
+            self._check_user_agent(request, "zkb_user_agent")
+            if not gzip_accepted:
+                self._violate("zkb_accept_encoding", request)
+        _sleep(self.config.latency_zkb)
+        with self._lock:
+            response = self._zkb_admission(request, time.monotonic())
+            fault = None if response is not None else self._draw_fault()
+            status = self._fault_status() if fault == "5xx" else 200
+        if response is None:
+            response = self._zkb_answer(request, fault, status)
+        with self._lock:
+            self._statuses["zkb"][str(response.status)] += 1
+        if gzip_accepted and response.body and response.content_type == JSON_TYPE:
+            response.body = gzip.compress(response.body, compresslevel=5)
+            response.headers["Content-Encoding"] = "gzip"
+        return response
+
+    def _zkb_admission(self, request: Request, now: float) -> Response | None:
+        """Refuse a request the way Cloudflare and zKillboard would; call with the lock."""
+        while self._zkb_errors and self._zkb_errors[0] <= now - ZKB_ERROR_WINDOW:
+            self._zkb_errors.popleft()
+        if len(self._zkb_errors) > self.config.zkb_error_limit:
+            self._violate("zkb_blocked", request)
+            return Response(302, headers={"Location": ZKB_BLOCKED_PATH})
+        if self._burst_429 > 0:
+            self._burst_429 -= 1
+            self._fault_counts["burst_429"] += 1
+            return _too_many_requests(1)
+        wait = self._zkb_bucket.take(now)
+        if wait > 0:
+            self._violate("zkb_rate", request)
+            return _too_many_requests(max(1, math.ceil(wait)))
+        if request.query:
+            self._violate("zkb_query_string", request)
+            return Response(403, b"Forbidden: query strings are not allowed", HTML_TYPE)
+        return None
+
+    def _zkb_answer(self, request: Request, fault: str | None, status: int) -> Response:
+        if fault == "5xx":
+            return Response(status, HTML_ERROR_PAGE, HTML_TYPE)
+        if fault == "html":
+            return Response(200, HTML_ERROR_PAGE, HTML_TYPE)
+        parsed = parse_zkb_path(request.path, datetime.now(UTC))
+        if isinstance(parsed, ZkbError):
+            with self._lock:
+                self._zkb_errors.append(time.monotonic())
+                self._zkb_error_answers += 1
+                if parsed.rule:
+                    self._violate(parsed.rule, request)
+            response = Response.json(200, {"error": parsed.message})
+        else:
+            response = Response(200, self._zkb_page(parsed).encode())
+        if fault == "truncated":
+            response.body = _truncate(response.body)
+        if fault == "timeout":
+            response.hold = self.config.timeout_hold
+        return response
+
+    def _zkb_page(self, query: ZkbQuery) -> str:
+        """Return the JSON text of one page: up to 200 items, newest killmail first."""
+        newest_listed = killmail_id_at(datetime.now(UTC) - timedelta(seconds=ZKB_WITHHELD_SECONDS))
+        ids = self.world.search(
+            character_ids=query.character_ids,
+            corporation_ids=query.corporation_ids,
+            alliance_ids=query.alliance_ids,
+            side=query.side,
+            start=query.start,
+            end=query.end,
+        )
+        ids = [killmail_id for killmail_id in ids if killmail_id <= newest_listed]
+        first = (query.page - 1) * ZKB_PAGE_SIZE
+        page = ids[first : first + ZKB_PAGE_SIZE]
+        shape = self.config.item_shape
+        items = []
+        with_body = []
+        for killmail_id in page:
+            full = shape == "full" or (
+                shape == "mixed" and killmail_time(killmail_id) >= FULL_ITEMS_SINCE
+            )
+            zkb = self.world.zkb_json(killmail_id)
+            if full:
+                with_body.append(killmail_id)
+                items.append(self.world.body_json(killmail_id)[:-1] + ',"zkb":' + zkb + "}")
+            else:
+                items.append(f'{{"killmail_id":{killmail_id},"zkb":{zkb}}}')
+        with self._lock:
+            self._delivered_bodies.update(with_body)
+        return "[" + ",".join(items) + "]"
+
+    def _zkb_blocked_json(self, request: Request) -> Response:
+        self._count("zkb_blocked_json")
+        return Response.json(200, {"error": "You have been blocked for too many errors."})
+
+    # -- ESI ---------------------------------------------------------------------------------
+
+    def _esi(self, request: Request) -> Response:
+        family, group, route = self._esi_route(request)
+        with self._lock:
+            self._requests[family] += 1
+            self._check_user_agent(request, "esi_user_agent")
+            if not request.headers.get("x-compatibility-date"):
+                self._violate("esi_compatibility_date", request)
+        _sleep(self.config.latency_esi)
+        with self._lock:
+            response = self._esi_admission(request, group, time.monotonic())
+            refused = response is not None
+            fault = None if refused else self._draw_fault()
+            status = self._fault_status() if fault == "5xx" else 200
+        if response is None:
+            response = self._esi_answer(request, route, fault, status)
+        with self._lock:
+            self._esi_account(response, group, charge=not refused)
+        return response
+
+    def _esi_route(self, request: Request) -> tuple[str, str | None, RouteHandler]:
+        """Return (stats family, rate-limit group, handler) for an ESI path."""
+        parts = [p for p in request.path[len(ESI_PREFIX) :].split("/") if p]
+        routes = self._esi_routes
+        for pattern, (family, group, method, handler) in routes.items():
+            if len(pattern) == len(parts) and all(
+                p in ("*", part) for p, part in zip(pattern, parts, strict=True)
+            ):
+                if request.method != method:
+                    return family, group, _method_not_allowed
+                return family, group, handler
+        return "esi_other", None, _esi_not_found
+
+    def _build_esi_routes(self) -> dict[tuple[str, ...], tuple[str, str, str, RouteHandler]]:
+        """Map path patterns to (stats family, rate-limit group, method, handler)."""
+        world = self.world
+        return {
+            ("killmails", "*", "*"): ("esi_killmails", "killmail", "GET", self._esi_killmail),
+            ("universe", "names"): ("esi_names", "names", "POST", self._esi_names),
+            ("characters", "*"): (
+                "esi_characters",
+                "character",
+                "GET",
+                _details(world.character_details, "Character not found"),
+            ),
+            ("corporations", "*"): (
+                "esi_corporations",
+                "corporation",
+                "GET",
+                _details(world.corporation_details, "Corporation not found"),
+            ),
+            ("alliances", "*"): (
+                "esi_alliances",
+                "alliance",
+                "GET",
+                _details(world.alliance_details, "Alliance not found"),
+            ),
+            ("universe", "types", "*"): (
+                "esi_types",
+                "universe",
+                "GET",
+                _details(world.type_details, "Type not found"),
+            ),
+        }
+
+    def _esi_admission(self, request: Request, group: str | None, now: float) -> Response | None:
+        """Refuse a request over ESI's error limit or rate limit; call with the lock."""
+        errors = self._esi_errors
+        if errors.in_storm(now):
+            self._fault_counts["storm_420"] += 1
+            return Response.json(420, {"error": "This software has exceeded the error limit."})
+        if errors.exhausted(now):
+            self._violate("esi_error_limit", request)
+            return Response.json(420, {"error": "This software has exceeded the error limit."})
+        if self._burst_429 > 0:
+            self._burst_429 -= 1
+            self._fault_counts["burst_429"] += 1
+            return Response.json(429, {"error": "Too many requests"}, **{"Retry-After": "1"})
+        bucket = self._esi_buckets.get(group or "")
+        if bucket is not None and bucket.remaining(now) < ESI_SUCCESS_COST:
+            self._violate("esi_rate_limit", request)
+            retry = str(bucket.retry_after(now, ESI_SUCCESS_COST))
+            return Response.json(429, {"error": "Too many requests"}, **{"Retry-After": retry})
+        return None
+
+    def _esi_answer(
+        self, request: Request, route: RouteHandler, fault: str | None, status: int
+    ) -> Response:
+        if fault == "5xx":
+            return Response.json(status, {"error": "Upstream is unavailable"})
+        if fault == "html":
+            return Response(200, HTML_ERROR_PAGE, HTML_TYPE)
+        response: Response = route(request)
+        if fault == "truncated" and response.status == 200:
+            response.body = _truncate(response.body)
+        if fault == "timeout":
+            response.hold = self.config.timeout_hold
+        return response
+
+    def _esi_account(self, response: Response, group: str | None, *, charge: bool) -> None:
+        """Spend tokens, count errors and add ESI's limit headers; call with the lock."""
+        now = time.monotonic()
+        status = response.status
+        self._statuses["esi"][str(status)] += 1
+        bucket = self._esi_buckets.get(group or "")
+        if bucket is not None and charge:
+            bucket.charge(now, _esi_cost(status))
+        # A 420 is the limit itself speaking; counting it would prolong a storm past its end.
+        if status >= 400 and status != 420:
+            self._esi_errors.add(now)
+            self._esi_error_answers += 1
+        if bucket is not None:
+            used = bucket.used(now)
+            response.headers["X-Ratelimit-Group"] = group or ""
+            response.headers["X-Ratelimit-Limit"] = bucket.describe()
+            response.headers["X-Ratelimit-Remaining"] = str(max(0, bucket.limit - used))
+            response.headers["X-Ratelimit-Used"] = str(used)
+        response.headers["X-ESI-Error-Limit-Remain"] = str(self._esi_errors.remain(now))
+        response.headers["X-ESI-Error-Limit-Reset"] = str(self._esi_errors.reset(now))
+
+    def _esi_killmail(self, request: Request) -> Response:
+        _, id_text, given_hash = [p for p in request.path[len(ESI_PREFIX) :].split("/") if p]
+        if not id_text.isdigit():
+            return Response.json(400, {"error": "killmail_id must be an integer"})
+        killmail_id = int(id_text)
+        world = self.world
+        if not world.has_killmail(killmail_id) or world.killmail_hash(killmail_id) != given_hash:
+            return Response.json(422, {"error": "Invalid killmail_id and/or killmail_hash"})
+        response = _cacheable(request, world.body_json(killmail_id), KILLMAIL_EXPIRE_SECONDS)
+        if response.status == 200:
+            with self._lock:
+                if killmail_id in self._served_killmails:
+                    self._killmail_refetches += 1
+                if killmail_id in self._delivered_bodies:
+                    self._killmail_fetched_despite_body += 1
+                self._served_killmails.add(killmail_id)
+        return response
+
+    def _esi_names(self, request: Request) -> Response:
+        try:
+            ids = json.loads(request.body or b"null")
+        except ValueError:
+            return Response.json(400, {"error": "Request body is not valid JSON"})
+        valid = isinstance(ids, list) and all(
+            isinstance(i, int) and not isinstance(i, bool) for i in ids
+        )
+        if not valid or not ids:
+            return Response.json(400, {"error": "ids must be a non-empty list of integers"})
+        if len(ids) > NAMES_MAX_IDS:
+            return Response.json(400, {"error": f"Maximum of {NAMES_MAX_IDS} ids allowed"})
+        unique = list(dict.fromkeys(ids))
+        if not all(self.world.is_resolvable(i) for i in unique):
+            return Response(404, NAMES_404_BODY)
+        answer = [
+            {"category": self.world.category(i), "id": i, "name": self.world.name(i)}
+            for i in unique
+        ]
+        return Response.json(200, answer)
+
+    # -- control -----------------------------------------------------------------------------
+
+    def _control(self, request: Request) -> Response:
+        self._count("control")
+        action = request.path[len(CONTROL_PREFIX) :].strip("/")
+        if action == "stats" and request.method == "GET":
+            return Response.json(200, self.stats())
+        if action == "config" and request.method == "GET":
+            return Response.json(200, self.current_config())
+        if action == "config" and request.method == "POST":
+            try:
+                self.configure(**json.loads(request.body or b"{}"))
+            except (TypeError, ValueError) as error:
+                return Response.json(400, {"error": str(error)})
+            return Response.json(200, self.current_config())
+        if action == "reset_stats" and request.method == "POST":
+            self.reset_stats()
+            return Response.json(200, {"ok": True})
+        if action == "reset_limits" and request.method == "POST":
+            self.reset_limits()
+            return Response.json(200, {"ok": True})
+        if action == "world" and request.method == "GET":
+            return Response.json(200, self._describe_world())
+        return Response.json(404, {"error": f"no control action {action!r}"})
+
+    def _describe_world(self) -> dict[str, Any]:
+        characters = {
+            str(character_id): {
+                "killmails": len(self.world.killmail_ids(character_id)),
+                "corporation_id": character.corporation_id,
+                "alliance_id": character.alliance_id,
+            }
+            for character_id, character in self.world.tracked_characters().items()
+        }
+        return {
+            "seed": self.world.seed,
+            "characters": characters,
+            "unresolvable_ids": sorted(self.world.unresolvable_ids),
+        }
+
+
+def parse_zkb_path(path: str, now: datetime) -> ZkbQuery | ZkbError:
+    """Parse a zKillboard API path (starting with /zkb/api) into a query or an error."""
+    rest = path[len(ZKB_PREFIX) :]
+    if not rest.endswith("/"):
+        return ZkbError("Invalid request: the URL must end with /", "zkb_trailing_slash")
+    segments = [s for s in rest.split("/") if s]
+    ids: dict[str, tuple[int, ...]] = {}
+    numbers: dict[str, int] = {}
+    sides: set[str] = set()
+    index = 0
+    while index < len(segments):
+        key = segments[index]
+        if key in DISABLED_MODIFIERS:
+            return ZkbError(f"{key} is no longer supported", "zkb_disabled_modifier")
+        if key in ("kills", "losses"):
+            sides.add(key)
+            index += 1
+            continue
+        if key not in ZKB_ID_FILTERS and key not in ZKB_NUMBER_FILTERS:
+            return ZkbError(f"Unknown or unsupported filter: {key}")
+        value = segments[index + 1] if index + 1 < len(segments) else ""
+        if "," in value:
+            return ZkbError("Multiple ids are no longer supported", "zkb_comma_ids")
+        if not value.isdigit():
+            return ZkbError(f"{key} needs a numeric value")
+        if key in ZKB_ID_FILTERS:
+            ids[ZKB_ID_FILTERS[key]] = (int(value),)
+        else:
+            numbers[key] = int(value)
+        index += 2
+    return _zkb_query(ids, numbers, sides, now)
+
+
+def _zkb_query(
+    ids: dict[str, tuple[int, ...]], numbers: dict[str, int], sides: set[str], now: datetime
+) -> ZkbQuery | ZkbError:
+    if not ids:
+        return ZkbError("A characterID, corporationID or allianceID filter is required")
+    if len(sides) > 1:
+        return ZkbError("kills and losses cannot be combined")
+    page = numbers.get("page", 1)
+    if not 1 <= page <= ZKB_MAX_PAGE:
+        return ZkbError(f"page must be between 1 and {ZKB_MAX_PAGE}")
+    start: datetime | None = None
+    end: datetime | None = None
+    # zKillboard ignores a year without a month (and a month without a year).
+    if "year" in numbers and "month" in numbers:
+        year, month = numbers["year"], numbers["month"]
+        if not (1 <= month <= 12 and 2003 <= year <= 9999):
+            return ZkbError("Invalid year or month")
+        start = datetime(year, month, 1, tzinfo=UTC)
+        end = datetime(year + month // 12, month % 12 + 1, 1, tzinfo=UTC)
+    if "pastSeconds" in numbers:
+        seconds = numbers["pastSeconds"]
+        if seconds == 0 or seconds % 3600 or seconds > ZKB_PAST_SECONDS_MAX:
+            return ZkbError("pastSeconds must be a multiple of 3600, at most 604800")
+        since = now - timedelta(seconds=seconds)
+        start = max(start, since) if start else since
+    side = sides.pop() if sides else None
+    return ZkbQuery(**ids, side=side, start=start, end=end, page=page)
+
+
+def _details(lookup: Callable[[int], dict[str, Any] | None], not_found: str) -> RouteHandler:
+    """Make a detail-route handler from a world lookup (id -> body or None)."""
+
+    def handler(request: Request) -> Response:
+        id_text = [p for p in request.path.split("/") if p][-1]
+        details = lookup(int(id_text)) if id_text.isdigit() else None
+        if details is None:
+            return Response.json(404, {"error": not_found})
+        text = json.dumps(details, sort_keys=True, separators=(",", ":"))
+        return _cacheable(request, text, DETAILS_EXPIRE_SECONDS)
+
+    return handler
+
+
+def _cacheable(request: Request, text: str, expires_in: int) -> Response:
+    """Answer 200 with ETag and Expires, or 304 when If-None-Match names the same ETag."""
+    etag = '"' + hashlib.sha1(text.encode()).hexdigest() + '"'
+    headers = {
+        "ETag": etag,
+        "Expires": email.utils.formatdate(time.time() + expires_in, usegmt=True),
+    }
+    given = request.headers.get("if-none-match", "")
+    tags = {tag.strip().removeprefix("W/") for tag in given.split(",")}
+    if etag in tags:
+        return Response(304, b"", JSON_TYPE, headers)
+    return Response(200, text.encode(), JSON_TYPE, headers)
+
+
+def _esi_not_found(request: Request) -> Response:
+    return Response.json(404, {"error": "Not found"})
+
+
+def _method_not_allowed(request: Request) -> Response:
+    return Response.json(405, {"error": "Method not allowed"})
+
+
+def _esi_cost(status: int) -> int:
+    """Return the tokens an answer costs in its ESI rate-limit group."""
+    if status < 300:
+        return 2
+    if status < 400:
+        return 1
+    if status < 500:
+        return 5
+    return 0
+
+
+def _too_many_requests(retry_after: int) -> Response:
+    body = b"<html><body><h1>429 Too Many Requests</h1></body></html>"
+    return Response(429, body, HTML_TYPE, {"Retry-After": str(retry_after)})
+
+
+def _truncate(body: bytes) -> bytes:
+    return body[: max(1, len(body) // 2)]
+
+
+def _sleep(seconds: float) -> None:
+    if seconds > 0:
+        time.sleep(seconds)
+
+
+class _Server(ThreadingHTTPServer):
+    """A threading HTTP server that keeps quiet about clients hanging up."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+    upstream: FakeUpstream
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Ignore broken connections (clients time out on held answers on purpose)."""
+        error = sys.exc_info()[1]
+        if isinstance(error, (ConnectionError, TimeoutError)):
+            return
+        super().handle_error(request, client_address)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Turns HTTP/1.1 keep-alive requests into Request objects for FakeUpstream."""
+
+    protocol_version = "HTTP/1.1"
+    server: _Server
+    timeout = 120  # seconds an idle keep-alive connection may stay open
+    # Headers and body go out in separate writes; with Nagle on, small answers wait ~40 ms
+    # for the client's delayed ACK.
+    disable_nagle_algorithm = True
+
+    def do_GET(self) -> None:
+        """Serve a GET."""
+        self._serve()
+
+    def do_POST(self) -> None:
+        """Serve a POST."""
+        self._serve()
+
+    def do_PUT(self) -> None:
+        """Serve a PUT (answered 405 or 404 by the emulation)."""
+        self._serve()
+
+    def do_DELETE(self) -> None:
+        """Serve a DELETE (answered 405 or 404 by the emulation)."""
+        self._serve()
+
+    def _serve(self) -> None:
+        split = urlsplit(self.path)
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        headers = {name.lower(): value for name, value in self.headers.items()}
+        request = Request(self.command, split.path, split.query, headers, body)
+        response = self.server.upstream.handle(request)
+        _sleep(response.hold)
+        self.send_response(response.status)
+        for name, value in response.headers.items():
+            self.send_header(name, value)
+        if response.status != 304:
+            self.send_header("Content-Type", response.content_type)
+            self.send_header("Content-Length", str(len(response.body)))
+        self.end_headers()
+        if response.status != 304:
+            self.wfile.write(response.body)
+
+    def log_message(self, *args: Any) -> None:
+        """Keep test output clean: no access log."""
+
+
+__all__ = [
+    "DEFAULT_ESI_BUCKETS",
+    "FakeConfig",
+    "FakeUpstream",
+    "Request",
+    "Response",
+    "parse_zkb_path",
+]
