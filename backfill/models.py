@@ -73,6 +73,7 @@ class BackfillJob(models.Model):
 
     class Meta:
         ordering = ("-created_at",)
+        permissions = [("start_backfill", "Can start, resume and retry backfills")]
         indexes = [
             # The admin's list of jobs by status, newest first.
             models.Index(fields=["status", "-created_at"], name="backfilljob_status_idx"),

@@ -16,6 +16,7 @@ from functools import lru_cache
 from typing import Any
 
 from celery import Task, shared_task
+from celery.exceptions import Retry
 from django.conf import settings
 from django.db import transaction
 
@@ -94,13 +95,17 @@ def _send(task: Task, args: tuple[Any, ...]) -> None:
         return
     queue = getattr(_local, "queue", None)
     if queue is not None:
-        queue.append((task, args))
+        queue.append((task, args, 0))
         return
-    _local.queue = deque([(task, args)])
+    _local.queue = deque([(task, args, 0)])
     try:
         while _local.queue:
-            queued, queued_args = _local.queue.popleft()
-            queued.apply(queued_args, throw=True)
+            queued, queued_args, retries = _local.queue.popleft()
+            try:
+                queued.apply(queued_args, retries=retries, throw=True)
+            except Retry:
+                # In-process, `_retry` has already waited; run it again, counting the retry.
+                _local.queue.append((queued, queued_args, retries + 1))
     finally:
         _local.queue = None
 

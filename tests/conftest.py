@@ -5,10 +5,14 @@ from __future__ import annotations
 import ipaddress
 import json
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.fakeupstream.server import FakeUpstream
+from tests.fakeupstream.world import World
 
 DATA = Path(__file__).parent / "data"
 UPSTREAM = DATA / "upstream"
@@ -49,3 +53,19 @@ def _upstreams_nowhere(settings: Any) -> None:
     """Upstream URLs point at a closed loopback port unless a test sets the fake's."""
     settings.ZKILLBOARD_API_URL = "http://127.0.0.1:9/zkb/api/"
     settings.ESI_URL = "http://127.0.0.1:9/esi/"
+
+
+@pytest.fixture
+def world() -> World:
+    """An empty fake EVE universe; tests add the characters they need."""
+    return World(seed=1)
+
+
+@pytest.fixture
+def fake(world: World, settings: Any) -> Iterator[FakeUpstream]:
+    """The fake zKillboard and ESI on loopback, fast, with settings pointing at it."""
+    with FakeUpstream(world, zkb_rate=1e6, esi_killmail_bucket=(10**6, 900.0)) as upstream:
+        settings.ZKILLBOARD_API_URL = upstream.zkb_url
+        settings.ESI_URL = upstream.esi_url
+        settings.ZKILLBOARD_REQUESTS_PER_SECOND = 1e6
+        yield upstream

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ class Command(BaseCommand):
         killmails = Killmail.objects.all()
         if character is not None:
             killmails = killmails.involving_character(character)
-        stream = output.open("w", encoding="utf-8") if output else sys.stdout
+        stream = output.open("w", encoding="utf-8") if output else self.stdout
         count = 0
         try:
             for record in iter_records(killmails):
