@@ -126,6 +126,11 @@ class BackfillJobAddForm(BackfillOptionsForm, forms.ModelForm):
             self.validate_for(cleaned.get("character_id"))
         return cleaned
 
+    def _post_clean(self) -> None:
+        # create_job validated the options and builds the job; the raw text of the fields
+        # must not be copied onto the model instance and validated a second time.
+        pass
+
 
 class StartBackfillPermission:
     """The `start_backfill` permission of admin actions (`permissions=["start_backfill"]`)."""

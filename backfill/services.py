@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -41,8 +42,6 @@ from killboard.schema import parse_time
 
 logger = logging.getLogger(__name__)
 
-# Seconds a worker owns a page or a chunk of pending bodies before another may take over.
-LEASE_SECONDS = 120
 # Killmail bodies fetched from ESI by one task.
 BODY_CHUNK = 50
 # zKillboard's history starts here; a month walk never goes further back.
@@ -179,7 +178,7 @@ def claim_page(job_id: int, cursor: str) -> bool:
             paging_done=False,
             status__in=BackfillJob.ACTIVE,
         ).update(
-            lease_until=now + timedelta(seconds=LEASE_SECONDS),
+            lease_until=now + timedelta(seconds=settings.BACKFILL_LEASE_SECONDS),
             status=BackfillJob.Status.RUNNING,
             updated_at=now,
         )
@@ -352,19 +351,21 @@ def claim_pending(job_id: int, killmail_ids: Iterable[int]) -> list[PendingKillm
         Q(claimed_until__isnull=True) | Q(claimed_until__lt=now),
         job_id=job_id,
         killmail_id__in=list(killmail_ids),
-    ).update(claim=token, claimed_until=now + timedelta(seconds=LEASE_SECONDS))
+    ).update(claim=token, claimed_until=now + timedelta(seconds=settings.BACKFILL_LEASE_SECONDS))
     return list(PendingKillmail.objects.filter(claim=token).order_by("-killmail_id"))
 
 
-def fetch_bodies(job_id: int, killmail_ids: list[int], esi: Any) -> None:
-    """Fetch the claimed pending bodies from ESI and store them.
+def fetch_bodies(job_id: int, killmail_ids: list[int], esi: Any) -> float:
+    """Fetch the pending bodies among `killmail_ids` from ESI and store them.
 
     Bodies fetched before a transient error are stored before the error propagates, so the
-    retry fetches only the rest. A 422 (wrong id or hash) is recorded on the job.
+    retry fetches only the rest. A 422 (wrong id or hash) is recorded on the job. Returns the
+    seconds until another worker's claim on some of these bodies expires (0: none left):
+    if that worker died, the caller must come back then.
     """
     job = BackfillJob.objects.get(pk=job_id)
     if not job.is_active:
-        return
+        return 0.0
     claimed = claim_pending(job_id, killmail_ids)
     fetched: list[tuple[PendingKillmail, dict[str, Any]]] = []
     missing: list[tuple[PendingKillmail, str]] = []
@@ -381,6 +382,13 @@ def fetch_bodies(job_id: int, killmail_ids: list[int], esi: Any) -> None:
             PendingKillmail.objects.filter(claim=claimed[0].claim).update(
                 claim=None, claimed_until=None
             )
+    held_until = (
+        PendingKillmail.objects.filter(job_id=job_id, killmail_id__in=killmail_ids)
+        .order_by("claimed_until")
+        .values_list("claimed_until", flat=True)
+        .first()
+    )
+    return max(0.0, (held_until - timezone.now()).total_seconds()) if held_until else 0.0
 
 
 def _store_bodies(

@@ -160,17 +160,21 @@ def fetch_page(self: Task, job_id: int, cursor: str) -> None:
 def fetch_bodies(self: Task, job_id: int, killmail_ids: list[int]) -> None:
     """Fetch pending killmail bodies from ESI and store them."""
     try:
-        services.fetch_bodies(job_id, killmail_ids, esi_client())
+        held_elsewhere = services.fetch_bodies(job_id, killmail_ids, esi_client())
     except RateLimited as exc:
         _retry(self, job_id, exc, exc.retry_after + random.uniform(0, 1))
         return
     except EsiUnavailable as exc:
-        if self.request.retries >= self.max_retries:
-            services.give_up_bodies(job_id, killmail_ids, f"ESI kept failing: {exc}")
-        else:
+        if self.request.retries < self.max_retries:
             services.note_error(job_id, str(exc))
             _retry(self, job_id, exc)
             return
+        services.give_up_bodies(job_id, killmail_ids, f"ESI kept failing: {exc}")
+        held_elsewhere = 0.0
+    if held_elsewhere:
+        # Another worker claimed some of these; if it died, its claim runs out and we go on.
+        _retry(self, job_id, RuntimeError("bodies claimed"), held_elsewhere + random.uniform(1, 5))
+        return
     services.finish_if_done(job_id)
 
 

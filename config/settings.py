@@ -36,6 +36,7 @@ INSTALLED_APPS = [
     "killboard",
     "backfill",
     "enrichment",
+    "api",
 ]
 
 MIDDLEWARE = [
@@ -73,6 +74,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"].setdefault("OPTIONS", {}).update(
         timeout=30, transaction_mode="IMMEDIATE", init_command="PRAGMA journal_mode=WAL;"
     )
+    # Tests too use a file: an in-memory database shares its cache between threads (the
+    # CLI's runner, the live server) with table locks that fail at once instead of waiting.
+    DATABASES["default"].setdefault("TEST", {})["NAME"] = str(BASE_DIR / "test-db.sqlite3")
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 LANGUAGE_CODE = "en-us"
@@ -99,10 +103,16 @@ ZKILLBOARD_REQUESTS_PER_SECOND = env.float("ZKILLBOARD_REQUESTS_PER_SECOND", def
 # Contact details put in the User-Agent of every upstream request, as both upstreams require.
 EVE_CONTACT = env.str("EVE_CONTACT", default="admin@example.com")
 FLOWER_URL = env.str("FLOWER_URL", default="")
+# Seconds a worker owns a backfill page or a chunk of bodies; a killed worker's claim expires
+# after this and another worker takes over. It must exceed the longest page fetch with its waits.
+BACKFILL_LEASE_SECONDS = env.int("BACKFILL_LEASE_SECONDS", default=120)
 
 # Celery: no broker means the embedded default, where tasks run in-process.
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="")
 CELERY_TASK_ALWAYS_EAGER = not CELERY_BROKER_URL
+if CELERY_TASK_ALWAYS_EAGER:
+    # Never connected to; eager calls still build a producer, and kombu would guess localhost.
+    CELERY_BROKER_URL = "memory://"
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_RESULT_BACKEND = "django-db"
 CELERY_RESULT_EXTENDED = True

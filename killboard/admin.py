@@ -180,7 +180,7 @@ class ParticipantInline(ReadOnlyInline):
 
     @admin.display(description="role")
     def role(self, obj: Participant) -> str:
-        return "victim" if obj.is_victim else f"attacker {obj.ordinal}"
+        return "victim" if obj.is_victim else f"attacker {obj.ordinal + 1}"
 
     @admin.display(description="character")
     def character_name(self, obj: Participant) -> str:

@@ -25,7 +25,7 @@ from tests.fakeupstream.world import World
 
 pytestmark = pytest.mark.django_db
 embedded_only = pytest.mark.skipif(
-    bool(django_settings.CELERY_BROKER_URL), reason="runs tasks in-process (no broker)"
+    not django_settings.CELERY_TASK_ALWAYS_EAGER, reason="runs tasks in-process (no broker)"
 )
 
 PILOT = 2117325769

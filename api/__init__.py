@@ -1,0 +1,1 @@
+"""The GraphQL API at /graphql/ and the API tokens that authenticate its clients."""

@@ -1,0 +1,445 @@
+"""The GraphQL schema: start backfills, follow jobs, read killmails with resolved names.
+
+The mutation keeps the shape of the original system:
+`startKillmailBackfill(input: {characterId, options: {fromDate, maxPages, limit,
+skipExisting}}) { success message queuedAt job { id status } }`. Invalid options answer
+`success: false` with the same one-line message as the CLI, and queue nothing.
+
+Limits: operation depth, tokens and aliases per document, and page sizes, so one request
+cannot ask for the whole database.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Any, NewType
+
+import strawberry
+from django.db.models import Prefetch, QuerySet
+from strawberry.extensions import MaxAliasesLimiter, MaxTokensLimiter, QueryDepthLimiter
+from strawberry.permission import BasePermission
+from strawberry.schema.config import StrawberryConfig
+from strawberry.types import Info
+
+from backfill import services, tasks
+from backfill.models import ZKB_PAGE_SIZE, BackfillJob
+from killboard.models import Entity, Item, Killmail, Participant
+
+# Deepest selection: killmails { items { victim { character { name } } } } is depth 4.
+MAX_QUERY_DEPTH = 6
+MAX_TOKENS = 2000  # tokens in one document: bounds its size whatever its shape
+MAX_ALIASES = 15  # aliases repeat a field, and with it its cost
+MAX_KILLMAILS_PAGE = 50  # killmails of a page (a big one carries ~1,000 attackers)
+MAX_JOBS_PAGE = 100
+DEFAULT_PAGE = 20
+
+# EVE ids, damage and quantities outgrow GraphQL's 32-bit Int; JSON numbers do not.
+BigInt = NewType("BigInt", int)
+BIG_INT = strawberry.scalar(
+    name="BigInt",
+    serialize=int,
+    parse_value=int,
+    description="A whole number beyond 32 bits (ids, damage, quantities).",
+)
+
+
+class HasPermission(BasePermission):
+    """The user (the session's, or the token's) holds `permission`."""
+
+    permission = ""
+
+    def has_permission(self, source: Any, info: Info, **kwargs: Any) -> bool:
+        return info.context.request.user.has_perm(self.permission)
+
+
+class CanStartBackfill(HasPermission):
+    permission = "backfill.start_backfill"
+    message = "You do not have permission to start backfills (backfill.start_backfill)."
+
+
+class CanViewJobs(HasPermission):
+    permission = "backfill.view_backfilljob"
+    message = "You do not have permission to view backfill jobs."
+
+
+class CanViewKillmails(HasPermission):
+    permission = "killboard.view_killmail"
+    message = "You do not have permission to view killmails."
+
+
+def _page_size(limit: int, most: int) -> int:
+    if not 1 <= limit <= most:
+        raise ValueError(f"limit must be from 1 to {most}, got {limit}")
+    return limit
+
+
+def _offset(offset: int) -> int:
+    if offset < 0:
+        raise ValueError(f"offset must be 0 or more, got {offset}")
+    return offset
+
+
+# -- backfill jobs ---------------------------------------------------------------------------
+
+
+@strawberry.type(name="BackfillJob")
+class BackfillJobType:
+    """A backfill job: options, where it stands, and its counters."""
+
+    id: strawberry.ID
+    target_type: str
+    target_id: BigInt
+    status: str
+    from_date: date | None
+    max_pages: int | None
+    limit: int
+    skip_existing: bool
+    pages_fetched: int
+    killmails_listed: int
+    already_stored: int
+    bodies_from_page: int
+    bodies_from_esi: int
+    stored: int
+    failed: int
+    skipped_older: int
+    pending: int
+    progress: float | None = strawberry.field(description="0..1 when the size is known.")
+    duration_seconds: float | None
+    eta_seconds: float | None
+    last_error: str
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @classmethod
+    def from_model(cls, job: BackfillJob) -> BackfillJobType:
+        duration, eta = job.duration, job.eta
+        return cls(
+            id=strawberry.ID(str(job.pk)),
+            target_type=job.target_type,
+            target_id=job.target_id,
+            status=job.status,
+            from_date=job.from_date,
+            max_pages=job.max_pages,
+            limit=job.limit,
+            skip_existing=job.skip_existing,
+            pages_fetched=job.pages_fetched,
+            killmails_listed=job.killmails_listed,
+            already_stored=job.already_stored,
+            bodies_from_page=job.bodies_from_page,
+            bodies_from_esi=job.bodies_from_esi,
+            stored=job.stored,
+            failed=job.failed,
+            skipped_older=job.skipped_older,
+            pending=job.pending,
+            progress=job.progress,
+            duration_seconds=duration.total_seconds() if duration else None,
+            eta_seconds=eta.total_seconds() if eta else None,
+            last_error=job.last_error,
+            created_at=job.created_at,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+        )
+
+
+@strawberry.type
+class BackfillJobPage:
+    items: list[BackfillJobType]
+    total_count: int
+    offset: int
+    has_next_page: bool
+
+
+# -- killmails -------------------------------------------------------------------------------
+
+
+@strawberry.type(name="Entity")
+class EntityRef:
+    """Something a killmail references; `name` is null until ESI resolved it."""
+
+    id: BigInt
+    name: str | None
+
+
+def _ref(entity: Entity | None, entity_id: int | None) -> EntityRef | None:
+    if entity_id is None:
+        return None
+    return EntityRef(id=entity_id, name=(entity.name or None) if entity is not None else None)
+
+
+@strawberry.type(name="Participant")
+class ParticipantType:
+    """The victim or an attacker."""
+
+    _row: strawberry.Private[Participant]
+
+    @strawberry.field
+    def character(self) -> EntityRef | None:
+        return _ref(self._row.character, self._row.character_id)
+
+    @strawberry.field
+    def corporation(self) -> EntityRef | None:
+        return _ref(self._row.corporation, self._row.corporation_id)
+
+    @strawberry.field
+    def alliance(self) -> EntityRef | None:
+        return _ref(self._row.alliance, self._row.alliance_id)
+
+    @strawberry.field
+    def faction(self) -> EntityRef | None:
+        return _ref(self._row.faction, self._row.faction_id)
+
+    @strawberry.field
+    def ship_type(self) -> EntityRef | None:
+        return _ref(self._row.ship_type, self._row.ship_type_id)
+
+    @strawberry.field
+    def weapon_type(self) -> EntityRef | None:
+        return _ref(self._row.weapon_type, self._row.weapon_type_id)
+
+    @strawberry.field(description="Damage taken (victim) or done (attacker).")
+    def damage(self) -> BigInt:
+        return self._row.damage
+
+    @strawberry.field
+    def final_blow(self) -> bool | None:
+        return self._row.final_blow
+
+    @strawberry.field
+    def security_status(self) -> float | None:
+        return self._row.security_status
+
+
+@strawberry.type(name="Item")
+class ItemType:
+    """An item of the victim; container contents name their container's ordinal."""
+
+    _row: strawberry.Private[Item]
+
+    @strawberry.field
+    def item_type(self) -> EntityRef | None:
+        return _ref(self._row.item_type, self._row.item_type_id)
+
+    @strawberry.field
+    def ordinal(self) -> int:
+        return self._row.ordinal
+
+    @strawberry.field
+    def container_ordinal(self) -> int | None:
+        return self._row.container_ordinal
+
+    @strawberry.field
+    def flag(self) -> int:
+        return self._row.flag
+
+    @strawberry.field
+    def singleton(self) -> int:
+        return self._row.singleton
+
+    @strawberry.field
+    def quantity_destroyed(self) -> BigInt | None:
+        return self._row.quantity_destroyed
+
+    @strawberry.field
+    def quantity_dropped(self) -> BigInt | None:
+        return self._row.quantity_dropped
+
+
+@strawberry.type(name="Killmail")
+class KillmailType:
+    """A stored killmail with its victim, attackers and items."""
+
+    _row: strawberry.Private[Killmail]
+
+    @strawberry.field
+    def killmail_id(self) -> BigInt:
+        return self._row.killmail_id
+
+    @strawberry.field
+    def killmail_time(self) -> datetime:
+        return self._row.killmail_time
+
+    @strawberry.field
+    def solar_system(self) -> EntityRef | None:
+        return _ref(self._row.solar_system, self._row.solar_system_id)
+
+    @strawberry.field
+    def total_value(self) -> float | None:
+        return self._row.total_value
+
+    @strawberry.field
+    def points(self) -> int | None:
+        return self._row.points
+
+    @strawberry.field
+    def npc(self) -> bool | None:
+        return self._row.npc
+
+    @strawberry.field
+    def solo(self) -> bool | None:
+        return self._row.solo
+
+    @strawberry.field
+    def victim(self) -> ParticipantType | None:
+        victims = [p for p in self._row.participants.all() if p.is_victim]
+        return ParticipantType(_row=victims[0]) if victims else None
+
+    @strawberry.field
+    def attackers(self) -> list[ParticipantType]:
+        return [ParticipantType(_row=p) for p in self._row.participants.all() if not p.is_victim]
+
+    @strawberry.field
+    def items(self) -> list[ItemType]:
+        return [ItemType(_row=item) for item in self._row.items.all()]
+
+
+@strawberry.type
+class KillmailPage:
+    items: list[KillmailType]
+    offset: int
+    has_next_page: bool
+
+
+def _selected_names(info: Info) -> set[str]:
+    """Every field name selected under the current field (to prefetch only what is asked)."""
+    names: set[str] = set()
+    stack = list(info.selected_fields)
+    while stack:
+        selection = stack.pop()
+        name = getattr(selection, "name", None)
+        if name:
+            names.add(name)
+        stack.extend(getattr(selection, "selections", []) or [])
+    return names
+
+
+def _killmail_queryset(info: Info) -> QuerySet:
+    """Killmails with what the query selects loaded in a few queries, never one per row."""
+    wanted = _selected_names(info)
+    queryset = Killmail.objects.select_related("solar_system")
+    if wanted & {"victim", "attackers"}:
+        participants = Participant.objects.select_related(
+            "character", "corporation", "alliance", "faction", "ship_type", "weapon_type"
+        )
+        queryset = queryset.prefetch_related(Prefetch("participants", queryset=participants))
+    if "items" in wanted:
+        items = Item.objects.select_related("item_type")
+        queryset = queryset.prefetch_related(Prefetch("items", queryset=items))
+    return queryset
+
+
+# -- the mutation ----------------------------------------------------------------------------
+
+
+@strawberry.input
+class BackfillOptionsInput:
+    from_date: str | None = strawberry.field(default=None, description="YYYY-MM-DD")
+    max_pages: int | None = None
+    limit: int | None = strawberry.field(default=None, description="Killmails a page, 1..200.")
+    skip_existing: bool = True
+
+
+@strawberry.input
+class StartKillmailBackfillInput:
+    character_id: int
+    options: BackfillOptionsInput | None = None
+
+
+@strawberry.type
+class StartKillmailBackfillPayload:
+    success: bool
+    message: str
+    queued_at: datetime | None = None
+    job: BackfillJobType | None = None
+
+
+@strawberry.type
+class Query:
+    @strawberry.field(permission_classes=[CanViewJobs])
+    def backfill_jobs(
+        self, status: str | None = None, offset: int = 0, limit: int = DEFAULT_PAGE
+    ) -> BackfillJobPage:
+        """Backfill jobs, newest first, optionally of one status."""
+        size, start = _page_size(limit, MAX_JOBS_PAGE), _offset(offset)
+        jobs = BackfillJob.objects.order_by("-created_at", "-pk")
+        if status:
+            jobs = jobs.filter(status=status)
+        rows = list(jobs[start : start + size + 1])
+        return BackfillJobPage(
+            items=[BackfillJobType.from_model(job) for job in rows[:size]],
+            total_count=jobs.count(),
+            offset=start,
+            has_next_page=len(rows) > size,
+        )
+
+    @strawberry.field(permission_classes=[CanViewJobs])
+    def backfill_job(self, id: strawberry.ID) -> BackfillJobType | None:
+        """One job by id."""
+        job = BackfillJob.objects.filter(pk=int(id)).first() if str(id).isdigit() else None
+        return BackfillJobType.from_model(job) if job else None
+
+    @strawberry.field(permission_classes=[CanViewKillmails])
+    def killmails(
+        self,
+        info: Info,
+        character_id: int | None = None,
+        offset: int = 0,
+        limit: int = DEFAULT_PAGE,
+    ) -> KillmailPage:
+        """Killmails newest first; with characterId, those the character took part in."""
+        size, start = _page_size(limit, MAX_KILLMAILS_PAGE), _offset(offset)
+        queryset = _killmail_queryset(info)
+        if character_id is not None:
+            queryset = queryset.involving_character(character_id)
+        rows = list(queryset.order_by("-killmail_time", "-killmail_id")[start : start + size + 1])
+        return KillmailPage(
+            items=[KillmailType(_row=row) for row in rows[:size]],
+            offset=start,
+            has_next_page=len(rows) > size,
+        )
+
+    @strawberry.field(permission_classes=[CanViewKillmails])
+    def killmail(self, info: Info, killmail_id: BigInt) -> KillmailType | None:
+        """One killmail by id."""
+        row = _killmail_queryset(info).filter(killmail_id=killmail_id).first()
+        return KillmailType(_row=row) if row else None
+
+
+@strawberry.type
+class Mutation:
+    @strawberry.mutation(permission_classes=[CanStartBackfill])
+    def start_killmail_backfill(
+        self, input: StartKillmailBackfillInput
+    ) -> StartKillmailBackfillPayload:
+        """Create a backfill job for a character and queue it (the original system's shape)."""
+        options = input.options or BackfillOptionsInput()
+        try:
+            job = services.create_job(
+                input.character_id,
+                from_date=options.from_date,
+                max_pages=options.max_pages,
+                limit=ZKB_PAGE_SIZE if options.limit is None else options.limit,
+                skip_existing=options.skip_existing,
+            )
+        except services.InvalidBackfill as exc:
+            return StartKillmailBackfillPayload(success=False, message=str(exc))
+        tasks.start_job(job.pk)
+        job.refresh_from_db()
+        return StartKillmailBackfillPayload(
+            success=True,
+            message=f"Backfill #{job.pk} of character {job.target_id} queued.",
+            queued_at=job.created_at,
+            job=BackfillJobType.from_model(job),
+        )
+
+
+schema = strawberry.Schema(
+    query=Query,
+    mutation=Mutation,
+    extensions=[
+        lambda: QueryDepthLimiter(max_depth=MAX_QUERY_DEPTH),
+        lambda: MaxTokensLimiter(max_token_count=MAX_TOKENS),
+        lambda: MaxAliasesLimiter(max_alias_count=MAX_ALIASES),
+    ],
+    config=StrawberryConfig(scalar_map={BigInt: BIG_INT}),
+)

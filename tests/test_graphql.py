@@ -1,0 +1,358 @@
+"""The GraphQL API: authentication, CSRF, the original mutation, queries and their limits."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import Permission
+from django.test import Client
+
+from api.models import ApiToken
+from api.schema import MAX_KILLMAILS_PAGE
+from backfill import services
+from backfill.models import BackfillJob
+from killboard.ingest import ingest_killmails
+from killboard.models import Character, ItemType, SolarSystem
+from tests.factories import KillmailFactory
+
+pytestmark = pytest.mark.django_db
+
+URL = "/graphql/"
+CHARACTER = 2117325769
+# The original system's mutation, exactly as its users send it.
+ORIGINAL_MUTATION = """
+mutation {
+  startKillmailBackfill(
+    input: {
+      characterId: 2117325769
+      options: { fromDate: "2023-01-01", maxPages: 10, limit: 200, skipExisting: true }
+    }
+  ) {
+    success
+    message
+    queuedAt
+    job { id status }
+  }
+}
+"""
+START = """
+mutation Start($input: StartKillmailBackfillInput!) {
+  startKillmailBackfill(input: $input) { success message queuedAt job { id status } }
+}
+"""
+KILLMAILS = """
+query Killmails($characterId: Int, $offset: Int, $limit: Int) {
+  killmails(characterId: $characterId, offset: $offset, limit: $limit) {
+    offset
+    hasNextPage
+    items {
+      killmailId
+      killmailTime
+      totalValue
+      solarSystem { id name }
+      victim { character { id name } shipType { id name } damage }
+      attackers { character { id name } corporation { id name } weaponType { id name } }
+      items { itemType { id name } flag quantityDestroyed quantityDropped }
+    }
+  }
+}
+"""
+
+
+def graphql(
+    client: Client, query: str, variables: dict[str, Any] | None = None, **headers: Any
+) -> Any:
+    return client.post(
+        URL,
+        json.dumps({"query": query, "variables": variables or {}}),
+        content_type="application/json",
+        **headers,
+    )
+
+
+def user_with(django_user_model: Any, *permissions: str, staff: bool = True) -> Any:
+    user = django_user_model.objects.create_user("operator", password="pw", is_staff=staff)
+    for name in permissions:
+        app_label, codename = name.split(".")
+        user.user_permissions.add(
+            Permission.objects.get(content_type__app_label=app_label, codename=codename)
+        )
+    return user
+
+
+def session(user: Any, **kwargs: Any) -> Client:
+    client = Client(**kwargs)
+    client.force_login(user)
+    return client
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"HTTP_AUTHORIZATION": f"Bearer {token}"}
+
+
+# -- authentication and CSRF -----------------------------------------------------------------
+
+
+def test_anonymous_requests_are_refused(client: Client):
+    response = graphql(client, "{ backfillJobs { totalCount } }")
+
+    assert response.status_code == 401
+    assert "Authentication required" in response.json()["errors"][0]["message"]
+
+
+def test_introspection_needs_authentication_too(client: Client):
+    assert graphql(client, "{ __schema { types { name } } }").status_code == 401
+
+
+def test_non_staff_sessions_are_refused(django_user_model: Any):
+    client = session(user_with(django_user_model, "backfill.view_backfilljob", staff=False))
+
+    assert graphql(client, "{ backfillJobs { totalCount } }").status_code == 401
+
+
+def test_staff_session_posts_need_the_csrf_token(django_user_model: Any):
+    client = session(
+        user_with(django_user_model, "backfill.view_backfilljob"), enforce_csrf_checks=True
+    )
+
+    refused = graphql(client, "{ backfillJobs { totalCount } }")
+    client.get("/admin/")  # sets the csrftoken cookie, as any admin page does
+    token = client.cookies["csrftoken"].value
+    accepted = graphql(client, "{ backfillJobs { totalCount } }", HTTP_X_CSRFTOKEN=token)
+
+    assert refused.status_code == 403
+    assert accepted.status_code == 200
+    assert accepted.json()["data"] == {"backfillJobs": {"totalCount": 0}}
+
+
+def test_a_token_authenticates_without_csrf(django_user_model: Any):
+    user = user_with(django_user_model, "backfill.view_backfilljob", staff=False)
+    _, token = ApiToken.objects.issue(user, "ci")
+    client = Client(enforce_csrf_checks=True)
+
+    response = graphql(client, "{ backfillJobs { totalCount } }", **bearer(token))
+
+    assert response.status_code == 200
+    assert response.json()["data"] == {"backfillJobs": {"totalCount": 0}}
+    assert ApiToken.objects.get().last_used_at is not None
+
+
+@pytest.mark.parametrize("header", ["Bearer kb_wrong", "Basic dXNlcjpwdw==", "Bearer "])
+def test_wrong_tokens_are_refused(client: Client, header: str):
+    response = graphql(client, "{ backfillJobs { totalCount } }", HTTP_AUTHORIZATION=header)
+
+    assert response.status_code == 401
+    assert response.json()["errors"][0]["message"] == "Invalid or revoked API token."
+
+
+def test_revoked_tokens_are_refused(client: Client, django_user_model: Any):
+    _, token = ApiToken.objects.issue(user_with(django_user_model), "old")
+    ApiToken.objects.update(is_active=False)
+
+    assert graphql(client, "{ backfillJobs { totalCount } }", **bearer(token)).status_code == 401
+
+
+# -- the mutation ----------------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_original_mutation_starts_a_backfill(admin_client: Client, fake: Any, world: Any):
+    world.add_character(CHARACTER, 40)
+
+    response = graphql(admin_client, ORIGINAL_MUTATION)
+
+    result = response.json()
+    assert "errors" not in result
+    payload = result["data"]["startKillmailBackfill"]
+    job = BackfillJob.objects.get()
+    assert payload["success"] is True
+    assert payload["message"] == f"Backfill #{job.pk} of character {CHARACTER} queued."
+    assert payload["queuedAt"].startswith(job.created_at.isoformat()[:19])
+    # No broker in tests: the job ran in-process before the answer.
+    assert payload["job"] == {"id": str(job.pk), "status": "succeeded"}
+    assert (job.target_id, str(job.from_date), job.max_pages, job.limit, job.skip_existing) == (
+        CHARACTER,
+        "2023-01-01",
+        10,
+        200,
+        True,
+    )
+    assert job.stored == 40 - job.skipped_older
+    assert fake.stats()["violation_count"] == 0
+
+
+@pytest.mark.parametrize(
+    ("variables", "message"),
+    [
+        ({"characterId": -5}, "character id must be a positive whole number, got -5"),
+        (
+            {"characterId": CHARACTER, "options": {"fromDate": "01/02/2023"}},
+            "from date must be a real date like 2023-01-01, got '01/02/2023'",
+        ),
+        (
+            {"characterId": CHARACTER, "options": {"fromDate": "2999-01-01"}},
+            "from date 2999-01-01 is in the future",
+        ),
+        (
+            {"characterId": CHARACTER, "options": {"limit": 201}},
+            "limit must be a whole number from 1 to 200, got 201",
+        ),
+        (
+            {"characterId": CHARACTER, "options": {"maxPages": 0}},
+            "max pages must be a whole number of at least 1, got 0",
+        ),
+    ],
+)
+def test_invalid_input_answers_success_false_and_queues_nothing(
+    admin_client: Client, variables: dict[str, Any], message: str
+):
+    response = graphql(admin_client, START, {"input": variables})
+
+    assert response.json()["data"]["startKillmailBackfill"] == {
+        "success": False,
+        "message": message,
+        "queuedAt": None,
+        "job": None,
+    }
+    assert not BackfillJob.objects.exists()
+
+
+def test_starting_needs_the_start_backfill_permission(django_user_model: Any):
+    client = session(user_with(django_user_model, "backfill.view_backfilljob"))
+
+    result = graphql(client, ORIGINAL_MUTATION).json()
+
+    assert result["data"] is None
+    assert "permission to start backfills" in result["errors"][0]["message"]
+    assert not BackfillJob.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_token_with_the_permission_starts_a_backfill(
+    client: Client, django_user_model: Any, fake: Any, world: Any
+):
+    world.add_character(CHARACTER, 5)
+    user = user_with(django_user_model, "backfill.start_backfill", staff=False)
+    _, token = ApiToken.objects.issue(user, "bot")
+    variables = {"input": {"characterId": CHARACTER, "options": {"maxPages": 1, "limit": 3}}}
+
+    payload = graphql(client, START, variables, **bearer(token)).json()
+
+    assert payload["data"]["startKillmailBackfill"]["success"] is True
+    assert BackfillJob.objects.get().stored == 3
+
+
+# -- queries ---------------------------------------------------------------------------------
+
+
+def test_jobs_query_shows_status_counters_and_progress(admin_client: Client):
+    job = services.create_job(CHARACTER, max_pages=1, limit=100)
+    BackfillJob.objects.filter(pk=job.pk).update(status="running", killmails_listed=40, stored=40)
+    services.create_job(CHARACTER + 1)
+    query = """{ backfillJobs(status: "running") {
+        totalCount hasNextPage
+        items { id status targetId killmailsListed stored failed pending progress }
+    } }"""
+
+    result = graphql(admin_client, query).json()
+
+    assert result["data"]["backfillJobs"] == {
+        "totalCount": 1,
+        "hasNextPage": False,
+        "items": [
+            {
+                "id": str(job.pk),
+                "status": "running",
+                "targetId": CHARACTER,
+                "killmailsListed": 40,
+                "stored": 40,
+                "failed": 0,
+                "pending": 0,
+                "progress": 0.4,
+            }
+        ],
+    }
+
+
+def test_killmails_query_resolves_names_in_a_few_queries(
+    admin_client: Client, django_assert_max_num_queries: Any
+):
+    bodies = [KillmailFactory() for _ in range(5)]
+    ingest_killmails(bodies)
+    newest = bodies[-1]  # same time for all: the highest id comes first
+    victim = newest["victim"]["character_id"]
+    Character.objects.filter(id=victim).update(name="Victim Pilot")
+    ItemType.objects.filter(id=587).update(name="Rifter")
+    SolarSystem.objects.filter(id=30_000_142).update(name="Jita")
+
+    with django_assert_max_num_queries(10):  # the page, participants, items: not per row
+        result = graphql(admin_client, KILLMAILS, {"limit": 3}).json()
+
+    page = result["data"]["killmails"]
+    assert page["hasNextPage"] is True
+    assert len(page["items"]) == 3
+    mail = next(m for m in page["items"] if m["killmailId"] == newest["killmail_id"])
+    assert mail["solarSystem"] == {"id": 30_000_142, "name": "Jita"}
+    assert mail["victim"]["character"] == {"id": victim, "name": "Victim Pilot"}
+    assert mail["victim"]["shipType"] == {"id": 587, "name": "Rifter"}
+    assert mail["attackers"][0]["character"]["name"] is None  # not resolved yet
+    assert mail["items"][0]["itemType"]["id"] == newest["victim"]["items"][0]["item_type_id"]
+    rest = graphql(admin_client, KILLMAILS, {"limit": 3, "offset": 3}).json()
+    assert len(rest["data"]["killmails"]["items"]) == 2
+    assert rest["data"]["killmails"]["hasNextPage"] is False
+
+
+def test_killmails_of_one_character(admin_client: Client):
+    bodies = [KillmailFactory() for _ in range(3)]
+    ingest_killmails(bodies)
+    pilot = bodies[1]["attackers"][0]["character_id"]
+
+    result = graphql(admin_client, KILLMAILS, {"characterId": pilot}).json()
+
+    assert [m["killmailId"] for m in result["data"]["killmails"]["items"]] == [
+        bodies[1]["killmail_id"]
+    ]
+
+
+def test_page_size_is_capped(admin_client: Client):
+    result = graphql(admin_client, KILLMAILS, {"limit": MAX_KILLMAILS_PAGE + 1}).json()
+
+    assert result["data"] is None
+    assert f"limit must be from 1 to {MAX_KILLMAILS_PAGE}" in result["errors"][0]["message"]
+
+
+def test_killmails_need_the_view_permission(django_user_model: Any):
+    client = session(user_with(django_user_model, "backfill.view_backfilljob"))
+
+    result = graphql(client, "{ killmails { items { killmailId } } }").json()
+
+    assert "permission to view killmails" in result["errors"][0]["message"]
+
+
+# -- limits ----------------------------------------------------------------------------------
+
+
+def test_deep_queries_are_refused(admin_client: Client):
+    deep = "{ killmails { items { victim { character { a { b { c { d { e } } } } } } } } }"
+
+    result = graphql(admin_client, deep).json()
+
+    assert any("exceeds maximum operation depth" in e["message"] for e in result["errors"])
+
+
+def test_many_aliases_are_refused(admin_client: Client):
+    aliases = " ".join(f"a{n}: backfillJobs {{ totalCount }}" for n in range(30))
+
+    result = graphql(admin_client, f"{{ {aliases} }}").json()
+
+    assert "aliases found" in result["errors"][0]["message"]
+
+
+def test_huge_documents_are_refused(admin_client: Client):
+    fields = " ".join(["totalCount"] * 3000)
+
+    result = graphql(admin_client, f"{{ backfillJobs {{ {fields} }} }}").json()
+
+    assert "token" in result["errors"][0]["message"].lower()

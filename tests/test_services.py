@@ -1,0 +1,115 @@
+"""The pipeline on real services: PostgreSQL, RabbitMQ and `celery worker` processes.
+
+Workers run as separate processes against the test database and the fake upstream, which
+counts every rule a client breaks. Jobs are started the way operators start them, with
+`manage.py backfill_character` in a process of its own.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import pytest
+
+from backfill.models import BackfillJob, PendingKillmail
+from killboard.models import Item, Killmail, Participant
+from tests.workers import manage, require_services, running_workers, service_env, wait_until
+
+pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
+
+CHARACTER = 2117325769
+NEWEST = datetime(2026, 11, 1, tzinfo=UTC)
+
+
+@pytest.fixture(autouse=True)
+def _services() -> None:
+    require_services()
+
+
+def expected_rows(world, killmail_ids) -> tuple[int, int, int]:
+    """Killmails, participants and items the upstream's killmails make."""
+    participants = items = 0
+    for killmail_id in killmail_ids:
+        body = world.body(killmail_id)
+        participants += 1 + len(body["attackers"])
+        for item in body["victim"].get("items", ()):
+            items += 1 + len(item.get("items", ()))
+    return len(killmail_ids), participants, items
+
+
+def stored_rows() -> tuple[int, int, int]:
+    return Killmail.objects.count(), Participant.objects.count(), Item.objects.count()
+
+
+def queue_backfill(env, character_id: int) -> int:
+    result = manage(env, "backfill_character", str(character_id), "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout)["job"]
+
+
+def all_finished() -> bool:
+    return not BackfillJob.objects.filter(status__in=BackfillJob.ACTIVE).exists()
+
+
+def test_backfill_on_workers_stores_every_killmail_once(fake, world):
+    ids = world.add_character(CHARACTER, 1200, newest=NEWEST, days=365)
+    fake.configure(item_shape="mixed")
+    env = service_env(fake, ZKILLBOARD_REQUESTS_PER_SECOND="1000")
+
+    with running_workers(env, count=2):
+        result = manage(env, "backfill_character", str(CHARACTER), "--wait", "--json")
+
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads(result.stdout.splitlines()[-1])
+    assert summary["status"] == "succeeded"
+    assert summary["stored"] == 1200
+    assert summary["bodies_from_esi"] == fake.stats()["esi_killmails"] > 0
+    assert set(Killmail.objects.values_list("killmail_id", flat=True)) == set(ids)
+    assert stored_rows() == expected_rows(world, ids)
+    assert fake.stats()["violation_count"] == 0
+
+
+def test_workers_share_the_zkillboard_rate_and_the_esi_bucket(fake, world):
+    characters = [2117325769, 2117325770, 2117325771]
+    for character_id in characters:
+        world.add_character(character_id, 500, newest=NEWEST, days=365)
+    # Real zKillboard rate; an ESI bucket that one process alone would overrun.
+    fake.configure(item_shape="mixed", zkb_rate=1.0, esi_killmail_bucket=(3000, 30.0))
+    env = service_env(fake, ZKILLBOARD_REQUESTS_PER_SECOND="1")
+
+    with running_workers(env, count=3, concurrency=2):
+        for character_id in characters:
+            queue_backfill(env, character_id)
+        wait_until(all_finished, timeout=300)
+
+    statuses = set(BackfillJob.objects.values_list("status", flat=True))
+    assert statuses == {BackfillJob.Status.SUCCEEDED}
+    assert Killmail.objects.count() == len(world.all_killmail_ids())
+    stats = fake.stats()
+    assert stats["zkb_pages"] == 9
+    assert stats["esi_killmails"] > 500
+    assert stats["violations"] == []
+
+
+def test_worker_killed_mid_job_loses_and_duplicates_nothing(fake, world):
+    ids = world.add_character(CHARACTER, 1500, newest=NEWEST, days=365)
+    fake.configure(item_shape="zkbonly", esi_killmail_bucket=(2000, 20.0))
+    env = service_env(fake, ZKILLBOARD_REQUESTS_PER_SECOND="1000", BACKFILL_LEASE_SECONDS="15")
+
+    with running_workers(env, count=2) as workers:
+        job_id = queue_backfill(env, CHARACTER)
+        wait_until(lambda: Killmail.objects.count() >= 300, timeout=120)
+        workers.kill(workers.processes[0])
+        killed_at = Killmail.objects.count()
+        workers.start()
+        wait_until(all_finished, timeout=300)
+
+    job = BackfillJob.objects.get(pk=job_id)
+    assert killed_at < 1500
+    assert job.status == BackfillJob.Status.SUCCEEDED, job.last_error
+    assert set(Killmail.objects.values_list("killmail_id", flat=True)) == set(ids)
+    assert stored_rows() == expected_rows(world, ids)
+    assert not PendingKillmail.objects.exists()
+    assert job.stored + job.already_stored == 1500
+    assert fake.stats()["violation_count"] == 0

@@ -1,0 +1,162 @@
+"""Real services for the service tests: PostgreSQL, RabbitMQ and `celery worker` processes.
+
+Tests that use them skip with a reason on a laptop without them, and fail in CI (CI=true),
+where a missing service is a broken machine, not a reason to pass.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.db import connection
+from kombu import Connection
+
+ROOT = Path(__file__).resolve().parent.parent
+BROKER_URL = "amqp://guest:guest@127.0.0.1:5672//"
+QUEUES = (
+    "zkillboard_backfill",
+    "esi_killmail",
+    "esi_character_info_queue",
+    "esi_corporation_info_queue",
+    "esi_alliance_info_queue",
+    "esi_type_info_queue",
+)
+
+
+def require_services() -> None:
+    """Skip (fail in CI) unless the database is PostgreSQL and RabbitMQ answers."""
+    if connection.vendor != "postgresql":
+        pytest.skip("service tests need DATABASE_URL=postgres://... (CI runs them there)")
+    try:
+        socket.create_connection(("127.0.0.1", 5672), timeout=2).close()
+    except OSError as exc:
+        message = f"RabbitMQ is not answering on 127.0.0.1:5672 ({exc})"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+def purge_queues() -> None:
+    """Drop messages that earlier runs may have left in the project's queues."""
+    with Connection(BROKER_URL) as broker:
+        channel = broker.channel()
+        for queue in QUEUES:
+            channel.queue_declare(queue, durable=True, auto_delete=False)
+            channel.queue_purge(queue)
+
+
+def service_env(fake: Any, **extra: str) -> dict[str, str]:
+    """The environment of a worker or CLI process: test database, broker and fake upstream."""
+    database = connection.settings_dict
+    return {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "config.settings",
+        "DATABASE_URL": (
+            f"postgres://{database['USER']}@{database['HOST'] or '127.0.0.1'}:"
+            f"{database['PORT'] or 5432}/{database['NAME']}"
+        ),
+        "CELERY_BROKER_URL": BROKER_URL,
+        "ZKILLBOARD_API_URL": fake.zkb_url,
+        "ESI_URL": fake.esi_url,
+        "EVE_CONTACT": "tests@example.com",
+        "PYTHONPATH": str(ROOT),
+        **extra,
+    }
+
+
+class Workers:
+    """`celery worker` processes consuming every queue; start, kill and stop them."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def start(self, concurrency: int = 2) -> subprocess.Popen[bytes]:
+        name = f"test{len(self.processes)}@%h"
+        process = subprocess.Popen(
+            [
+                str(ROOT / ".venv" / "bin" / "celery"),
+                "-A",
+                "config",
+                "worker",
+                "-Q",
+                ",".join(QUEUES),
+                "-c",
+                str(concurrency),
+                "-n",
+                name,
+                "--without-gossip",
+                "--without-mingle",
+                "-l",
+                "warning",
+            ],
+            cwd=ROOT,
+            env=self.env,
+            start_new_session=True,  # its own process group, so a kill takes its children too
+        )
+        self.processes.append(process)
+        return process
+
+    def kill(self, process: subprocess.Popen[bytes]) -> None:
+        """SIGKILL a worker and its pool children: no warm shutdown, no acks."""
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+
+    def stop(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in self.processes:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+@contextmanager
+def running_workers(env: dict[str, str], count: int = 2, concurrency: int = 2) -> Iterator[Workers]:
+    """Start `count` worker processes for the duration of the block."""
+    purge_queues()
+    workers = Workers(env)
+    try:
+        for _ in range(count):
+            workers.start(concurrency)
+        yield workers
+    finally:
+        workers.stop()
+        purge_queues()
+
+
+def manage(
+    env: dict[str, str], *args: str, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    """Run `manage.py` in a process of its own (as an operator would)."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def wait_until(condition: Any, timeout: float, interval: float = 0.2) -> None:
+    """Poll `condition()` until it is true; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout}s")
+        time.sleep(interval)
