@@ -134,6 +134,14 @@ CELERY_TASK_ROUTES = {
     "backfill.tasks.resume_stalled_jobs": {"queue": "zkillboard_backfill"},
 }
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# A task queued while RabbitMQ restarts waits for it (about a minute) rather than failing
+# after its own work is committed, which would break a job's chain of pages.
+CELERY_TASK_PUBLISH_RETRY_POLICY = {
+    "max_retries": 40,
+    "interval_start": 0,
+    "interval_step": 0.5,
+    "interval_max": 2,
+}
 
 # Enrichment from ESI (names and details of the entities killmails reference).
 # Details older than this are fetched again by refresh_stale, oldest first (hours, >= 1).

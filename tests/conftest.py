@@ -64,7 +64,11 @@ def world() -> World:
 @pytest.fixture
 def fake(world: World, settings: Any) -> Iterator[FakeUpstream]:
     """The fake zKillboard and ESI on loopback, fast, with settings pointing at it."""
-    with FakeUpstream(world, zkb_rate=1e6, esi_killmail_bucket=(10**6, 900.0)) as upstream:
+    generous = (10**6, 900.0)
+    buckets = dict.fromkeys(("names", "character", "corporation", "alliance", "universe"), generous)
+    with FakeUpstream(
+        world, zkb_rate=1e6, esi_killmail_bucket=generous, esi_buckets=buckets
+    ) as upstream:
         settings.ZKILLBOARD_API_URL = upstream.zkb_url
         settings.ESI_URL = upstream.esi_url
         settings.ZKILLBOARD_REQUESTS_PER_SECOND = 1e6

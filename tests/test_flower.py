@@ -8,7 +8,6 @@ The queues are purged before and after, so leftovers of other runs cannot interf
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -23,64 +22,17 @@ from typing import Any
 
 import pytest
 import requests
-from django.conf import settings as django_settings
-from kombu import Connection
-from kombu.exceptions import OperationalError
 
 from backfill.models import BackfillJob
 from tests.fakeupstream.server import FakeUpstream
 from tests.fakeupstream.world import World
+from tests.workers import QUEUES, ROOT, purge_queues, require_services, service_env
 
 pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
 
-ROOT = Path(__file__).resolve().parent.parent
-BROKER_URL = "amqp://guest:guest@127.0.0.1:5672//"
-QUEUES = (
-    "zkillboard_backfill",
-    "esi_killmail",
-    "esi_character_info_queue",
-    "esi_corporation_info_queue",
-    "esi_alliance_info_queue",
-    "esi_type_info_queue",
-)
 FLOWER_AUTH = ("flower", "test-" + uuid.uuid4().hex[:8])
 CHARACTER = 2117325769
 WAIT_SECONDS = 90
-
-
-def _missing(reason: str) -> None:
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"CI needs this service: {reason}")
-    pytest.skip(reason)
-
-
-def _rabbitmq_answers() -> bool:
-    try:
-        with Connection(BROKER_URL, connect_timeout=3) as connection:
-            connection.ensure_connection(max_retries=1)
-        return True
-    except (OSError, OperationalError):
-        return False
-
-
-def _purge() -> None:
-    with Connection(BROKER_URL, connect_timeout=5) as connection:
-        for name in QUEUES:
-            channel = connection.channel()
-            # A queue that does not exist yet has nothing to purge (the broker closes the
-            # channel on refusing, so closing it again may fail too).
-            with contextlib.suppress(Exception):
-                channel.queue_purge(name)
-            with contextlib.suppress(Exception):
-                channel.close()
-
-
-def _database_url() -> str:
-    db = django_settings.DATABASES["default"]
-    password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
-    host = db.get("HOST") or "127.0.0.1"
-    port = db.get("PORT") or 5432
-    return f"postgres://{db['USER']}{password}@{host}:{port}/{db['NAME']}"
 
 
 def _free_port() -> int:
@@ -101,23 +53,6 @@ def _stop(process: subprocess.Popen) -> None:
 
 
 @pytest.fixture
-def services_env(transactional_db: Any) -> dict[str, str]:
-    """The environment of the worker, Flower and CLI processes (or a skip, or a failure)."""
-    if django_settings.DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
-        # A choice, not a missing service: CI runs the suite on SQLite, then on PostgreSQL.
-        pytest.skip("needs DATABASE_URL=postgres://...: the worker processes share the database")
-    if not _rabbitmq_answers():
-        _missing(f"RabbitMQ does not answer at {BROKER_URL}")
-    return {
-        **os.environ,
-        "DATABASE_URL": _database_url(),
-        "CELERY_BROKER_URL": BROKER_URL,
-        "ZKILLBOARD_REQUESTS_PER_SECOND": "1000",
-        "PYTHONUNBUFFERED": "1",
-    }
-
-
-@pytest.fixture
 def upstream() -> Iterator[FakeUpstream]:
     world = World(seed=3)
     world.add_character(CHARACTER, 12)
@@ -127,13 +62,14 @@ def upstream() -> Iterator[FakeUpstream]:
 
 @pytest.fixture
 def flower_and_worker(
-    services_env: dict[str, str], upstream: FakeUpstream, tmp_path: Path
+    transactional_db: Any, upstream: FakeUpstream, tmp_path: Path
 ) -> Iterator[tuple[str, dict[str, str]]]:
     """Flower and one worker on every queue; yields Flower's URL and the environment."""
-    env = {**services_env, "ZKILLBOARD_API_URL": upstream.zkb_url, "ESI_URL": upstream.esi_url}
+    require_services()
+    env = service_env(upstream, ZKILLBOARD_REQUESTS_PER_SECOND="1000", PYTHONUNBUFFERED="1")
     port = _free_port()
     celery = [sys.executable, "-m", "celery", "-A", "config"]
-    _purge()
+    purge_queues()
     flower = subprocess.Popen(
         [
             *celery,
@@ -176,7 +112,7 @@ def flower_and_worker(
     finally:
         _stop(worker)
         _stop(flower)
-        _purge()
+        purge_queues()
         for name in ("worker.log", "flower.log"):
             print(f"--- {name}\n" + (tmp_path / name).read_text()[-4000:])
 

@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,9 @@ from django.db import connection
 from kombu import Connection
 
 ROOT = Path(__file__).resolve().parent.parent
-BROKER_URL = "amqp://guest:guest@127.0.0.1:5672//"
+# A virtual host of the tests' own, so workers of other runs (a benchmark, a dev's worker)
+# on the same RabbitMQ never take their messages.
+VHOST = "killboard_test"
 QUEUES = (
     "zkillboard_backfill",
     "esi_killmail",
@@ -46,9 +49,29 @@ def require_services() -> None:
         pytest.skip(message)
 
 
+@lru_cache(maxsize=1)
+def broker_url() -> str:
+    """The tests' broker: their own virtual host when rabbitmqctl can make it, else `/`."""
+    commands = (
+        ["rabbitmqctl", "-q", "add_vhost", VHOST],
+        ["rabbitmqctl", "-q", "set_permissions", "-p", VHOST, "guest", ".*", ".*", ".*"],
+    )
+    try:
+        for command in commands:
+            subprocess.run(command, capture_output=True, timeout=60, check=False)
+        listed = subprocess.run(
+            ["rabbitmqctl", "-q", "list_vhosts"], capture_output=True, text=True, timeout=60
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "amqp://guest:guest@127.0.0.1:5672//"
+    if VHOST not in listed.stdout.split():
+        return "amqp://guest:guest@127.0.0.1:5672//"
+    return f"amqp://guest:guest@127.0.0.1:5672/{VHOST}"
+
+
 def purge_queues() -> None:
     """Drop messages that earlier runs may have left in the project's queues."""
-    with Connection(BROKER_URL) as broker:
+    with Connection(broker_url()) as broker:
         channel = broker.channel()
         for queue in QUEUES:
             channel.queue_declare(queue, durable=True, auto_delete=False)
@@ -65,7 +88,7 @@ def service_env(fake: Any, **extra: str) -> dict[str, str]:
             f"postgres://{database['USER']}@{database['HOST'] or '127.0.0.1'}:"
             f"{database['PORT'] or 5432}/{database['NAME']}"
         ),
-        "CELERY_BROKER_URL": BROKER_URL,
+        "CELERY_BROKER_URL": broker_url(),
         "ZKILLBOARD_API_URL": fake.zkb_url,
         "ESI_URL": fake.esi_url,
         "EVE_CONTACT": "tests@example.com",
