@@ -14,7 +14,14 @@ import pytest
 
 from backfill.models import BackfillJob, PendingKillmail
 from killboard.models import Item, Killmail, Participant
-from tests.workers import manage, require_services, running_workers, service_env, wait_until
+from tests.workers import (
+    manage,
+    require_services,
+    restart_rabbitmq,
+    running_workers,
+    service_env,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
 
@@ -112,4 +119,24 @@ def test_worker_killed_mid_job_loses_and_duplicates_nothing(fake, world):
     assert stored_rows() == expected_rows(world, ids)
     assert not PendingKillmail.objects.exists()
     assert job.stored + job.already_stored == 1500
+    assert fake.stats()["violation_count"] == 0
+
+
+def test_rabbitmq_restart_mid_job_costs_retries_not_killmails(fake, world):
+    ids = world.add_character(CHARACTER, 1500, newest=NEWEST, days=365)
+    fake.configure(item_shape="zkbonly", esi_killmail_bucket=(2000, 20.0))
+    env = service_env(fake, ZKILLBOARD_REQUESTS_PER_SECOND="1000", BACKFILL_LEASE_SECONDS="15")
+
+    with running_workers(env, count=2):
+        job_id = queue_backfill(env, CHARACTER)
+        wait_until(lambda: Killmail.objects.count() >= 300, timeout=120)
+        restart_rabbitmq()
+        restarted_at = Killmail.objects.count()
+        wait_until(all_finished, timeout=300)
+
+    job = BackfillJob.objects.get(pk=job_id)
+    assert restarted_at < 1500
+    assert job.status == BackfillJob.Status.SUCCEEDED, job.last_error
+    assert set(Killmail.objects.values_list("killmail_id", flat=True)) == set(ids)
+    assert stored_rows() == expected_rows(world, ids)
     assert fake.stats()["violation_count"] == 0

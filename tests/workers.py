@@ -183,3 +183,11 @@ def wait_until(condition: Any, timeout: float, interval: float = 0.2) -> None:
         if time.monotonic() > deadline:
             pytest.fail(f"condition not met within {timeout}s")
         time.sleep(interval)
+
+
+def restart_rabbitmq() -> None:
+    """Stop and start the RabbitMQ application: every connection drops, durable queues stay."""
+    for command in (["stop_app"], ["start_app"], ["await_startup"]):
+        subprocess.run(
+            ["rabbitmqctl", "-q", *command], check=True, capture_output=True, timeout=120
+        )
