@@ -130,7 +130,7 @@ def fetch_page(self: Task, job_id: int, cursor: str) -> None:
     """Fetch and store the job's page at `cursor`, then queue its bodies and the next page."""
     if not services.claim_page(job_id, cursor):
         lease_left = services.page_lease_left(job_id, cursor)
-        if lease_left:
+        if lease_left is not None:
             # Another worker holds the page; if it died, its lease runs out and we take over.
             _retry(self, job_id, RuntimeError("page leased"), lease_left + random.uniform(1, 5))
         return

@@ -15,6 +15,10 @@ from tests.fakeupstream.server import FakeUpstream
 from tests.fakeupstream.world import World
 
 DATA = Path(__file__).parent / "data"
+# ESI buckets far above the real ones, for the many tests where the rate is not the point.
+GENEROUS_BUCKETS = dict.fromkeys(
+    ("killmail", "names", "character", "corporation", "alliance", "universe"), (10**6, 900.0)
+)
 UPSTREAM = DATA / "upstream"
 
 
@@ -64,10 +68,11 @@ def world() -> World:
 @pytest.fixture
 def fake(world: World, settings: Any) -> Iterator[FakeUpstream]:
     """The fake zKillboard and ESI on loopback, fast, with settings pointing at it."""
-    generous = (10**6, 900.0)
-    buckets = dict.fromkeys(("names", "character", "corporation", "alliance", "universe"), generous)
     with FakeUpstream(
-        world, zkb_rate=1e6, esi_killmail_bucket=generous, esi_buckets=buckets
+        world,
+        zkb_rate=1e6,
+        esi_killmail_bucket=GENEROUS_BUCKETS["killmail"],
+        esi_buckets=GENEROUS_BUCKETS,
     ) as upstream:
         settings.ZKILLBOARD_API_URL = upstream.zkb_url
         settings.ESI_URL = upstream.esi_url

@@ -19,6 +19,7 @@ from enrichment.esi import NAMES_MAX_IDS
 from enrichment.models import QueuedRun
 from killboard.ingest import ingest_killmails
 from killboard.models import Alliance, Character, Corporation, ItemType, SolarSystem
+from tests.conftest import GENEROUS_BUCKETS
 from tests.factories import CharacterFactory, CorporationFactory
 from tests.fakeupstream.server import FakeUpstream
 from tests.fakeupstream.world import World
@@ -29,10 +30,6 @@ embedded_only = pytest.mark.skipif(
 )
 
 PILOT = 2117325769
-FAST_BUCKETS = {
-    group: (360_000, 900.0)
-    for group in ("killmail", "names", "character", "corporation", "alliance", "universe")
-}
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +44,7 @@ def world() -> World:
 def upstream(world: World, settings) -> Iterator[FakeUpstream]:
     """A fresh fake ESI per test, which the default client points at."""
     esi._cached_client.cache_clear()
-    with FakeUpstream(world, esi_buckets=FAST_BUCKETS) as server:
+    with FakeUpstream(world, esi_buckets=GENEROUS_BUCKETS) as server:
         settings.ESI_URL = server.esi_url
         yield server
     esi._cached_client.cache_clear()

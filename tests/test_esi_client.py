@@ -18,6 +18,7 @@ from enrichment.esi import (
 )
 from killboard import ratelimit
 from killboard.ratelimit import RateLimited
+from tests.conftest import GENEROUS_BUCKETS
 from tests.fakeupstream.server import FakeUpstream
 from tests.fakeupstream.world import World
 
@@ -25,11 +26,6 @@ pytestmark = pytest.mark.django_db
 
 PILOT = 2117325769
 CONTACT = "ops@example.com"
-# Rate is not the point of most tests: a hundred times ESI's buckets keeps them fast.
-FAST_BUCKETS = {
-    group: (360_000, 900.0)
-    for group in ("killmail", "names", "character", "corporation", "alliance", "universe")
-}
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +39,7 @@ def world() -> World:
 @pytest.fixture
 def upstream(world: World) -> Iterator[FakeUpstream]:
     """A fresh fake per test."""
-    with FakeUpstream(world, esi_buckets=FAST_BUCKETS) as server:
+    with FakeUpstream(world, esi_buckets=GENEROUS_BUCKETS) as server:
         yield server
     world.unresolvable_ids.clear()
 
