@@ -375,7 +375,9 @@ class Query:
     @strawberry.field(permission_classes=[CanViewJobs])
     def backfill_job(self, id: strawberry.ID) -> BackfillJobType | None:
         """One job by id."""
-        job = BackfillJob.objects.filter(pk=int(id)).first() if str(id).isdigit() else None
+        text = str(id)
+        valid = text.isascii() and text.isdigit() and int(text) < 2**63
+        job = BackfillJob.objects.filter(pk=int(text)).first() if valid else None
         return BackfillJobType.from_model(job) if job else None
 
     @strawberry.field(permission_classes=[CanViewKillmails])

@@ -44,7 +44,7 @@ def _whole_number(value: str, default: int | None) -> int | str | None:
     text = (value or "").strip()
     if not text:
         return default
-    return int(text) if text.isdigit() else text
+    return int(text) if services.is_whole_number(text) else text
 
 
 class BackfillOptionsForm(forms.Form):

@@ -49,6 +49,8 @@ HISTORY_START = date(2007, 12, 1)
 DATE_PATTERN = re.compile(r"\d{4}-\d{2}-\d{2}")
 # A running job with no progress for this long is resumed by the watchdog.
 STALLED_AFTER = timedelta(minutes=5)
+# The most max_pages a job can hold (BackfillJob.max_pages is a 32-bit column).
+MAX_PAGES = 2**31 - 1
 
 
 class InvalidBackfill(ValueError):
@@ -63,10 +65,15 @@ class PageOutcome:
     pending_ids: list[int]
 
 
+def is_whole_number(text: str) -> bool:
+    """Whether `text` is ASCII digits only (`str.isdigit()` also takes '١٢٣' and '²')."""
+    return text.isascii() and text.isdigit()
+
+
 def parse_positive_id(value: Any, what: str = "character id") -> int:
     """An EVE id from user input: a positive integer, or `InvalidBackfill`."""
     text = str(value).strip()
-    if not text.isdigit() or not 0 < int(text) < 2**63:
+    if not is_whole_number(text) or not 0 < int(text) < 2**63:
         raise InvalidBackfill(f"{what} must be a positive whole number, got {value!r}")
     return int(text)
 
@@ -104,6 +111,8 @@ def create_job(
         raise InvalidBackfill(f"from date {start} is in the future")
     if max_pages is not None and (type(max_pages) is not int or max_pages < 1):
         raise InvalidBackfill(f"max pages must be a whole number of at least 1, got {max_pages!r}")
+    if max_pages is not None and max_pages > MAX_PAGES:
+        raise InvalidBackfill(f"max pages must be at most {MAX_PAGES}, got {max_pages!r}")
     if type(limit) is not int or not 1 <= limit <= ZKB_PAGE_SIZE:
         raise InvalidBackfill(f"limit must be a whole number from 1 to 200, got {limit!r}")
     return BackfillJob.objects.create(
@@ -391,6 +400,15 @@ def fetch_bodies(job_id: int, killmail_ids: list[int], esi: Any) -> float:
     return max(0.0, (held_until - timezone.now()).total_seconds()) if held_until else 0.0
 
 
+def pending_among(job_id: int, killmail_ids: list[int]) -> list[int]:
+    """Those of `killmail_ids` whose bodies the job still waits for, newest first."""
+    return list(
+        PendingKillmail.objects.filter(job_id=job_id, killmail_id__in=killmail_ids)
+        .order_by("-killmail_id")
+        .values_list("killmail_id", flat=True)
+    )
+
+
 def _store_bodies(
     job: BackfillJob,
     fetched: list[tuple[PendingKillmail, dict[str, Any]]],
@@ -468,7 +486,11 @@ def reopen_job(job_id: int, *, retry_failed: bool = False) -> bool:
             PendingKillmail.objects.bulk_create(
                 [
                     PendingKillmail(
-                        job=job, killmail_id=f.killmail_id, killmail_hash=f.killmail_hash, zkb=f.zkb
+                        job=job,
+                        killmail_id=f.killmail_id,
+                        killmail_hash=f.killmail_hash,
+                        # A failure may have no zkb; a pending body needs one: its hash at least.
+                        zkb=f.zkb or {"hash": f.killmail_hash},
                     )
                     for f in failures
                 ],

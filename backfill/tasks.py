@@ -7,6 +7,7 @@ ack late and are redelivered when a worker dies.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import threading
@@ -18,7 +19,7 @@ from typing import Any
 from celery import Task, shared_task
 from celery.exceptions import Retry
 from django.conf import settings
-from django.db import transaction
+from django.db import InterfaceError, OperationalError, connection, transaction
 
 from backfill import services
 from backfill.models import BackfillJob
@@ -41,6 +42,13 @@ BACKOFF_BASE = 2.0
 BACKOFF_CAP = 300.0
 # Task ids kept on a job for the admin's link to Flower.
 TASK_IDS_KEPT = 20
+# A lost database connection (a restart, a failover, a terminated backend). The step's
+# transaction rolled back with it, so the step is retried on a fresh connection.
+DATABASE_ERRORS = (OperationalError, InterfaceError)
+
+# Waits a rate limit asks for cost the upstream nothing and always end: a task may wait this
+# many times (429/420 in a row from a busy upstream) before the job fails.
+RATE_LIMITED_MAX_RETRIES = 30
 
 TASK_OPTIONS: dict[str, Any] = {
     "bind": True,
@@ -113,13 +121,36 @@ def _send(task: Task, args: tuple[Any, ...]) -> None:
 def _retry(task: Task, job_id: int, exc: Exception, countdown: float | None = None) -> None:
     """Retry after `countdown` (default: exponential backoff with jitter); fail the job when
     retries are exhausted."""
-    if task.request.retries >= task.max_retries:
-        services.fail_job(job_id, f"gave up after {task.max_retries} retries: {exc}")
+    most = RATE_LIMITED_MAX_RETRIES if isinstance(exc, RateLimited) else task.max_retries
+    if task.request.retries >= most:
+        services.fail_job(job_id, f"gave up after {most} retries: {exc}")
         return
     if countdown is None:
-        countdown = min(BACKOFF_CAP, BACKOFF_BASE * 2**task.request.retries)
-        countdown *= random.uniform(0.5, 1.5)
+        countdown = _backoff(task.request.retries)
     services.touch(job_id)
+    if task.request.is_eager:
+        time.sleep(countdown)
+    raise task.retry(exc=exc, countdown=countdown, max_retries=most)
+
+
+def _backoff(retries: int) -> float:
+    return min(BACKOFF_CAP, BACKOFF_BASE * 2**retries) * random.uniform(0.5, 1.5)
+
+
+def _retry_database(task: Task, job_id: int, exc: Exception, *, page_claimed: bool) -> None:
+    """Retry a step that lost its database connection, on a fresh one, with backoff.
+
+    Nothing here may need the database to succeed: it may still be away. Then the page's
+    lease simply runs out; and once retries are exhausted the error ends the task, and the
+    watchdog resumes the job.
+    """
+    logger.warning("Job %s: %s lost the database (%s); retrying", job_id, task.name, exc)
+    if not connection.in_atomic_block:
+        connection.close()
+    if page_claimed:
+        with contextlib.suppress(*DATABASE_ERRORS):  # still away: the lease runs out instead
+            services.release_page(job_id)
+    countdown = _backoff(task.request.retries)
     if task.request.is_eager:
         time.sleep(countdown)
     raise task.retry(exc=exc, countdown=countdown)
@@ -128,7 +159,16 @@ def _retry(task: Task, job_id: int, exc: Exception, countdown: float | None = No
 @shared_task(**TASK_OPTIONS)
 def fetch_page(self: Task, job_id: int, cursor: str) -> None:
     """Fetch and store the job's page at `cursor`, then queue its bodies and the next page."""
-    if not services.claim_page(job_id, cursor):
+    claimed = False
+    try:
+        claimed = services.claim_page(job_id, cursor)
+        _fetch_page(self, job_id, cursor, claimed)
+    except DATABASE_ERRORS as exc:
+        _retry_database(self, job_id, exc, page_claimed=claimed)
+
+
+def _fetch_page(self: Task, job_id: int, cursor: str, claimed: bool) -> None:
+    if not claimed:
         lease_left = services.page_lease_left(job_id, cursor)
         if lease_left is not None:
             # Another worker holds the page; if it died, its lease runs out and we take over.
@@ -156,15 +196,40 @@ def fetch_page(self: Task, job_id: int, cursor: str) -> None:
         services.finish_if_done(job_id)
 
 
+def _requeue(task: Task, job_id: int, killmail_ids: list[int]) -> None:
+    """Queue the rest of a chunk as a new task after the first backoff step."""
+    countdown = _backoff(0)
+    services.touch(job_id)
+    if task.request.is_eager:
+        time.sleep(countdown)
+        enqueue(fetch_bodies, job_id, killmail_ids)
+    else:
+        fetch_bodies.apply_async((job_id, killmail_ids), countdown=countdown)
+
+
 @shared_task(**TASK_OPTIONS)
 def fetch_bodies(self: Task, job_id: int, killmail_ids: list[int]) -> None:
     """Fetch pending killmail bodies from ESI and store them."""
+    try:
+        _fetch_bodies(self, job_id, killmail_ids)
+    except DATABASE_ERRORS as exc:
+        _retry_database(self, job_id, exc, page_claimed=False)
+
+
+def _fetch_bodies(self: Task, job_id: int, killmail_ids: list[int]) -> None:
     try:
         held_elsewhere = services.fetch_bodies(job_id, killmail_ids, esi_client())
     except RateLimited as exc:
         _retry(self, job_id, exc, exc.retry_after + random.uniform(0, 1))
         return
     except EsiUnavailable as exc:
+        left = services.pending_among(job_id, killmail_ids)
+        if left and len(left) < len(killmail_ids):
+            # Bodies were stored before the error: the rest go on as a fresh task, so the
+            # backoff grows with failures in a row, not with every attempt of a long chunk.
+            services.note_error(job_id, str(exc))
+            _requeue(self, job_id, left)
+            return
         if self.request.retries < self.max_retries:
             services.note_error(job_id, str(exc))
             _retry(self, job_id, exc)

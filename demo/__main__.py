@@ -64,8 +64,6 @@ def main() -> None:
         django.setup()
         from django.core.management import call_command
 
-        from enrichment.services import enrichment_counts, format_counts
-
         print(f"Fake zKillboard and ESI at {up.url}; character {CHARACTER} has {KILLMAILS}")
         print("killmails, bodies on the page since 2026-06-27 and from ESI before.")
         call_command("migrate", verbosity=0)
@@ -75,7 +73,6 @@ def main() -> None:
         exported = {r["killmail_id"]: r for r in map(json.loads, export.read_text().splitlines())}
         same = sum(exported.get(i) == {**world.body(i), "zkb": world.zkb(i)} for i in ids)
         print(f"Export identical to what the upstream served: {same}/{len(ids)} killmails.")
-        print(format_counts(enrichment_counts()))
         print(f"Unresolvable on purpose: {', '.join(map(str, unresolvable))}.")
         stats = up.stats()
         print(

@@ -43,9 +43,9 @@ DEFAULT_RETRY_AFTER = 60.0  # seconds, when a 429 names no Retry-After
 SUCCESS_COST = 2  # tokens a 2xx costs in its route group
 # A bucket as ESI states it before any answer: the killmail group's 3600 tokens per 15 min.
 DEFAULT_BUCKET = (3600, 900.0)
-# Pace at 90% of the bucket's rate: at 100% the sliding window fills to the brim and the
-# first 4xx (5 tokens) or any other client would tip it over.
-RATE_HEADROOM = 0.9
+# Pace at 95% of the bucket's rate: at 100% the sliding window fills to the brim and the
+# first 4xx (5 tokens) would tip it over; the rest of the way, RATE_MARGIN pauses the group.
+RATE_HEADROOM = 0.95
 # Below this share of the bucket left (and never below one 4xx's cost), pause the group.
 RATE_MARGIN = 0.05
 RATE_MARGIN_MIN_TOKENS = 5

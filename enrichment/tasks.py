@@ -37,10 +37,13 @@ TASK_OPTIONS: dict[str, Any] = {
 }
 # Waits for a rate limit are as long as ESI says, and cost ESI nothing; bounded all the same.
 RATE_LIMITED_MAX_RETRIES = 30
-DETAIL_BATCH = 100  # ids per detail task
+DETAIL_BATCH = 25  # ids per detail task: short tasks leave worker slots to the backfill
 MAX_IDS_PER_TASK = 200  # a detail task given more queues the rest as further tasks
 REFRESH_BATCH = 1000  # ids per kind queued by one refresh run (it runs hourly)
 RESOLVE_NAMES_RUN = "enrichment.resolve_names"
+# In-process, someone waits at a terminal: fail after a few short tries, names stay due.
+IN_PROCESS_RETRIES = 2
+IN_PROCESS_BACKOFF_MAX = 10.0  # seconds
 
 T = TypeVar("T")
 
@@ -74,9 +77,9 @@ def _call(task: Task, service: Callable[[], T]) -> T:
             )
             if not task.request.is_eager:
                 raise task.retry(countdown=countdown, exc=exc) from exc
-            if attempts >= task.max_retries:
+            if attempts >= IN_PROCESS_RETRIES:
                 raise
-            time.sleep(countdown)
+            time.sleep(min(countdown, IN_PROCESS_BACKOFF_MAX))
         attempts += 1
 
 
@@ -184,7 +187,14 @@ def enqueue_enrichment(details: bool | None = None) -> bool:
 
 
 def on_killmails_stored(sender: Any, killmail_ids: Sequence[int] = (), **kwargs: Any) -> None:
-    """Receiver of `killboard.signals.killmails_stored`: name what the new killmails brought."""
+    """Receiver of `killboard.signals.killmails_stored`: name what the new killmails brought.
+
+    In-process (no broker) it does nothing: there a scan after every batch would hold up
+    the import or backfill that stored it, so `backfill_character` resolves names once at
+    its end and `manage.py enrich` does it on demand.
+    """
+    if settings.CELERY_TASK_ALWAYS_EAGER:
+        return
     try:
         enqueue_enrichment()
     except Exception:

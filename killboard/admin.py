@@ -277,7 +277,10 @@ class KillmailAdmin(admin.ModelAdmin):
         term = search_term.strip()
         if not term:
             return queryset, False
-        if term.isdigit():
+        if term.isascii() and term.isdigit():
+            # Killmail ids are int64: a longer number matches nothing (and must not overflow).
+            if int(term) >= 2**63:
+                return queryset.none(), False
             return queryset.filter(killmail_id=int(term)), False
         characters = Character.objects.filter(name__icontains=term).values("id")
         killmails = Participant.objects.filter(character_id__in=characters).values("killmail_id")

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.db import connection, transaction
+from django.db import connection, reset_queries, transaction
 from django.db.models import Model
 from django.utils import timezone
 
@@ -29,7 +29,14 @@ from killboard.models import (
     Participant,
     SolarSystem,
 )
-from killboard.schema import ZKB, InvalidKillmail, parse_time, validate_body, validate_zkb
+from killboard.schema import (
+    ZKB,
+    InvalidKillmail,
+    parse_time,
+    short_repr,
+    validate_body,
+    validate_zkb,
+)
 from killboard.signals import killmails_stored
 
 logger = logging.getLogger(__name__)
@@ -179,7 +186,7 @@ def split_record(record: Any) -> tuple[Mapping[str, Any], Mapping[str, Any] | No
             raise InvalidKillmail(package.get("killID"), "no killmail body, only its zkb")
         return package["killmail"], package.get("zkb")
     if not isinstance(record, Mapping):
-        raise InvalidKillmail(None, f"expected a killmail object, got {record!r:.40}")
+        raise InvalidKillmail(None, f"expected a killmail object, got {short_repr(record)}")
     if "killmail" in record:
         return record["killmail"], record.get("zkb")
     if "zkb" in record:
@@ -437,14 +444,29 @@ def _write_rows(model: type[Model], columns: tuple[str, ...], rows: list[tuple])
 
 
 def ingest_stream(records: Iterable[Any], batch_size: int = INSERT_CHUNK) -> IngestResult:
-    """Ingest an iterable of any length in batches of `batch_size`, one transaction each."""
+    """Ingest an iterable of any length in batches of `batch_size`, one transaction each.
+
+    When reading `records` fails half-way (a broken file), the whole records read before the
+    failure are stored, then the error goes on.
+    """
     total = IngestResult()
     batch: list[Any] = []
-    for record in records:
+    source = iter(records)
+    while True:
+        try:
+            record = next(source)
+        except StopIteration:
+            break
+        except Exception:
+            if batch:
+                ingest_killmails(batch)
+            raise
         batch.append(record)
         if len(batch) >= batch_size:
             total.add(ingest_killmails(batch))
             batch.clear()
+            # With DEBUG on, Django keeps every statement; a long import must not.
+            reset_queries()
     if batch:
         total.add(ingest_killmails(batch))
     return total

@@ -34,6 +34,12 @@ class Entity(models.Model):
     class Meta:
         abstract = True
         ordering = ("id",)
+        indexes = [
+            # Entities still waiting for a name: the enrichment scan after every batch.
+            models.Index(fields=["id"], name="%(class)s_unnamed_idx", condition=models.Q(name="")),
+            # Oldest details first: the periodic refresh.
+            models.Index(fields=["details_updated_at"], name="%(class)s_details_age_idx"),
+        ]
 
     def __str__(self) -> str:
         return self.name or f"#{self.id}"
@@ -79,10 +85,13 @@ class Faction(Entity):
 
 
 def _entity(model: type[Entity], *, required: bool = False) -> models.ForeignKey:
+    # No index of its own: the queries by entity are served by the named indexes below,
+    # and every needless index slows down bulk ingest.
     return models.ForeignKey(
         model,
         on_delete=models.DO_NOTHING,
         db_constraint=False,
+        db_index=False,
         null=not required,
         blank=not required,
         related_name="+",
@@ -151,7 +160,10 @@ class Killmail(models.Model):
 class Participant(models.Model):
     """The victim (ordinal 0) or one attacker of a killmail, attackers in ESI's order."""
 
-    killmail = models.ForeignKey(Killmail, on_delete=models.CASCADE, related_name="participants")
+    # Indexed by participant_unique_slot, which starts with the killmail.
+    killmail = models.ForeignKey(
+        Killmail, on_delete=models.CASCADE, related_name="participants", db_index=False
+    )
     # Copied from the killmail so "killmails of X by time" is served by one index.
     killmail_time = models.DateTimeField()
     is_victim = models.BooleanField()
@@ -206,7 +218,10 @@ class Participant(models.Model):
 class Item(models.Model):
     """An item of the victim, in ESI's order; container contents point at their container."""
 
-    killmail = models.ForeignKey(Killmail, on_delete=models.CASCADE, related_name="items")
+    # Indexed by item_unique_slot, which starts with the killmail.
+    killmail = models.ForeignKey(
+        Killmail, on_delete=models.CASCADE, related_name="items", db_index=False
+    )
     # Position in a depth-first walk of the victim's items: containers before their contents.
     ordinal = models.PositiveIntegerField()
     container_ordinal = models.PositiveIntegerField(null=True, blank=True)

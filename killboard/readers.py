@@ -102,6 +102,11 @@ class _JsonStream:
                 if self._fill():
                     continue
                 raise self._error(f"invalid or truncated JSON ({exc.msg})") from None
+            except RecursionError:
+                raise self._error("JSON nested too deep") from None
+            except ValueError:
+                # int() refuses numbers of more than sys.get_int_max_str_digits() digits.
+                raise self._error("a number too long to be an id or a count") from None
             if end == len(self._buffer) and self._fill():
                 continue
             self._pos = end
@@ -109,6 +114,9 @@ class _JsonStream:
 
     def records(self) -> Iterator[Any]:
         """Yield killmail records from arrays, day dumps, objects and JSON Lines."""
+        if self.peek() is None:
+            # Most often a download that failed half-way; say so rather than import nothing.
+            raise UnreadableFile(f"{self._name}: the file is empty")
         while (char := self.peek()) is not None:
             if char == "[":
                 yield from self._array()
@@ -142,7 +150,7 @@ class _JsonStream:
             yield self.value()
             return
         key = self.value()
-        if not (isinstance(key, str) and key.isdigit()):
+        if not (isinstance(key, str) and key.isascii() and key.isdigit()):
             self._rewind()
             yield self.value()
             return
@@ -156,7 +164,7 @@ class _JsonStream:
                 return
             self.take(",")
             key = self.value()
-            if not (isinstance(key, str) and key.isdigit()):
+            if not (isinstance(key, str) and key.isascii() and key.isdigit()):
                 raise self._error(f"expected a killmail id as key, got {key!r:.40}")
 
 

@@ -24,9 +24,21 @@ CANONICAL_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
 class InvalidKillmail(ValueError):
     """A killmail that breaks the schema; `str()` is the reason, naming the field."""
 
-    def __init__(self, killmail_id: int | None, reason: str) -> None:
+    def __init__(self, killmail_id: Any, reason: str) -> None:
         super().__init__(reason)
-        self.killmail_id = killmail_id
+        # Only a usable id is kept: the rejection is reported and recorded by it.
+        valid = type(killmail_id) is int and 0 < killmail_id <= INT64_MAX
+        self.killmail_id: int | None = killmail_id if valid else None
+
+
+def short_repr(value: Any, width: int = 40) -> str:
+    """The start of `repr(value)` for a message, whatever the value (huge or deep ones too)."""
+    if type(value) is int and value.bit_length() > 128:
+        return f"a {value.bit_length()}-bit integer"
+    try:
+        return repr(value)[:width]
+    except (ValueError, RecursionError):  # an integer of over 4300 digits, deep nesting
+        return f"a {type(value).__name__}"
 
 
 Check = Callable[[Any], str | None]
@@ -35,22 +47,25 @@ Check = Callable[[Any], str | None]
 def _integer(minimum: int) -> Check:
     def check(value: Any) -> str | None:
         if type(value) is not int:
-            return f"expected an integer, got {value!r:.40}"
+            return f"expected an integer, got {short_repr(value)}"
         if not minimum <= value <= INT64_MAX:
-            return f"{value} is out of range ({minimum}..2^63-1)"
+            return f"{short_repr(value)} is out of range ({minimum}..2^63-1)"
         return None
 
     return check
 
 
 def _number(value: Any) -> str | None:
-    if type(value) not in (int, float) or not math.isfinite(value):
-        return f"expected a number, got {value!r:.40}"
-    return None
+    # An int as a float column's value must fit in int64 (SQLite) and in a float at all.
+    if type(value) is float and math.isfinite(value):
+        return None
+    if type(value) is int and -INT64_MAX - 1 <= value <= INT64_MAX:
+        return None
+    return f"expected a number, got {short_repr(value)}"
 
 
 def _boolean(value: Any) -> str | None:
-    return None if type(value) is bool else f"expected true or false, got {value!r:.40}"
+    return None if type(value) is bool else f"expected true or false, got {short_repr(value)}"
 
 
 def _time(value: Any) -> str | None:
@@ -60,19 +75,19 @@ def _time(value: Any) -> str | None:
             return None
         except ValueError:
             pass
-    return f"expected a time like 2024-07-14T15:49:53Z, got {value!r:.40}"
+    return f"expected a time like 2024-07-14T15:49:53Z, got {short_repr(value)}"
 
 
 def _hash(value: Any) -> str | None:
     if isinstance(value, str) and HASH_PATTERN.fullmatch(value):
         return None
-    return f"expected 40 lowercase hex digits, got {value!r:.50}"
+    return f"expected 40 lowercase hex digits, got {short_repr(value, 50)}"
 
 
 def _labels(value: Any) -> str | None:
     if isinstance(value, list) and all(isinstance(label, str) for label in value):
         return None
-    return f"expected a list of strings, got {value!r:.40}"
+    return f"expected a list of strings, got {short_repr(value)}"
 
 
 ID = _integer(1)
@@ -141,7 +156,7 @@ def _check_object(
     nested: frozenset[str] = frozenset(),
 ) -> None:
     if not isinstance(value, Mapping):
-        raise ValueError(f"{path or 'killmail'}: expected an object, got {value!r:.40}")
+        raise ValueError(f"{path or 'killmail'}: expected an object, got {short_repr(value)}")
     prefix = f"{path}." if path else ""
     for key in sorted(value.keys() - fields.keys() - nested):
         raise ValueError(f"{prefix}{key}: unknown field")
@@ -157,7 +172,7 @@ def _check_object(
 
 def _check_list(value: Any, path: str) -> list[Any]:
     if not isinstance(value, list) or not value:
-        raise ValueError(f"{path}: expected a non-empty list, got {value!r:.40}")
+        raise ValueError(f"{path}: expected a non-empty list, got {short_repr(value)}")
     return value
 
 
@@ -254,12 +269,25 @@ def validate_body(body: Any) -> None:
 def validate_zkb(killmail_id: int, zkb: Any) -> None:
     """Raise `InvalidKillmail` unless the known keys of a zkb object have their types."""
     if not isinstance(zkb, Mapping):
-        raise InvalidKillmail(killmail_id, f"zkb: expected an object, got {zkb!r:.40}")
+        raise InvalidKillmail(killmail_id, f"zkb: expected an object, got {short_repr(zkb)}")
     for key, check in ZKB.items():
         if key in zkb:
             problem = check(zkb[key])
             if problem:
                 raise InvalidKillmail(killmail_id, f"zkb.{key}: {problem}")
+    # Labels and unknown keys are stored as JSON, which PostgreSQL refuses to hold a NUL in.
+    if _holds_nul(zkb):
+        raise InvalidKillmail(killmail_id, "zkb: a text holds a NUL character (\\u0000)")
+
+
+def _holds_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, Mapping):
+        return any(_holds_nul(key) or _holds_nul(item) for key, item in value.items())
+    if isinstance(value, list):
+        return any(_holds_nul(item) for item in value)
+    return False
 
 
 def parse_time(value: str) -> datetime:

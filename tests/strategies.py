@@ -64,7 +64,10 @@ zkbs = st.fixed_dictionaries(
         "npc": st.booleans(),
         "solo": st.booleans(),
         "awox": st.booleans(),
-        "labels": st.lists(st.text(max_size=12), max_size=4),
+        # PostgreSQL's JSON holds no NUL, so the validator rejects it (tested apart).
+        "labels": st.lists(
+            st.text(st.characters(exclude_characters="\x00"), max_size=12), max_size=4
+        ),
         "href": st.just("https://esi.evetech.net/v1/killmails/1/x/"),
     },
 )

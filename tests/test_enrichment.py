@@ -294,18 +294,20 @@ def test_refresh_stale_task_uses_etags(
 
 
 @embedded_only
-def test_stored_killmails_get_their_names_after_commit(
+def test_in_process_storing_waits_for_enrich_to_name_everything(
     upstream: FakeUpstream, world: World, django_capture_on_commit_callbacks
 ) -> None:
     with django_capture_on_commit_callbacks(execute=True):
         store(world, 3)
+    # The storing command is not held up by ESI; `enrich` names it all at once.
+    assert upstream.stats()["esi_names"] == 0
+
+    call_command("enrich", "--names-only", stdout=io.StringIO())
 
     counts = services.enrichment_counts()
     assert all(c["pending"] == 0 for c in counts.values())
     assert upstream.stats()["esi_names"] == math.ceil(len(entity_ids()) / NAMES_MAX_IDS)
-    # In-process, the scan after a batch leaves the details to `manage.py enrich`.
     assert upstream.stats()["esi_details"] == 0
-    assert QueuedRun.objects.get(name=tasks.RESOLVE_NAMES_RUN).queued_at is None
 
 
 def test_a_burst_of_batches_queues_one_name_scan(upstream: FakeUpstream) -> None:

@@ -137,6 +137,7 @@ def _with(path: str, value: Any) -> dict[str, Any]:
         (_with("attackers.0.security_status", float("nan")), "expected a number"),
         (_with("victim.colour", "red"), "victim.colour: unknown field"),
         (_with("zkb", {"hash": "not-hex"}), "zkb.hash: expected 40 lowercase hex digits"),
+        (_with("zkb", {"labels": ["pvp\x00"]}), "zkb: a text holds a NUL character"),
         (
             _with("victim.items", [ItemFactory(items=[ItemFactory(items=[ItemFactory()])])]),
             "victim.items[0].items[0].items: unknown field",

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 import pytest
 
 from backfill.models import BackfillJob, PendingKillmail
-from killboard.models import Item, Killmail, Participant
+from killboard.models import Character, Item, Killmail, Participant
 from tests.workers import (
     manage,
     require_services,
@@ -66,6 +66,8 @@ def test_backfill_on_workers_stores_every_killmail_once(fake, world):
 
     with running_workers(env, count=2):
         result = manage(env, "backfill_character", str(CHARACTER), "--wait", "--json")
+        # With workers, every stored batch queues a name scan on the enrichment queues.
+        wait_until(lambda: not Character.objects.filter(name="").exists(), timeout=120)
 
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads(result.stdout.splitlines()[-1])

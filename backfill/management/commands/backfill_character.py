@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 from django.conf import settings
+from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import close_old_connections, connection
 from tqdm import tqdm
@@ -23,7 +24,7 @@ POLL_SECONDS = 0.5
 def _whole_number(value: str | None, name: str) -> int | None:
     if value is None:
         return None
-    if not value.strip().isdigit():
+    if not services.is_whole_number(value.strip()):
         raise CommandError(f"{name} must be a whole number, got {value!r}")
     return int(value)
 
@@ -72,8 +73,18 @@ class Command(BaseCommand):
             job = self._follow(job.pk)
         job.refresh_from_db()
         self.stdout.write(json.dumps(summary(job)) if options["json"] else describe(job))
+        if in_process:
+            self._resolve_names(self.stderr if options["json"] else self.stdout)
         if job.status == BackfillJob.Status.FAILED:
             raise CommandError(f"backfill failed: {job.last_error}")
+
+    def _resolve_names(self, out: Any) -> None:
+        """With workers, names follow every stored batch; in-process, once for the whole job."""
+        try:
+            call_command("enrich", "--names-only", stdout=out)
+        except CommandError as exc:
+            # The killmails are stored either way; `manage.py enrich` can name them later.
+            self.stderr.write(f"Names not resolved now: {exc}")
 
     def _run(self, job_id: int) -> None:
         try:

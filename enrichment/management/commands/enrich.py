@@ -29,28 +29,33 @@ class Command(BaseCommand):
             "--wait", action="store_true", help="With a broker: wait until no name is pending."
         )
         parser.add_argument(
+            "--names-only", action="store_true", help="Resolve names, fetch no details."
+        )
+        parser.add_argument(
             "--refresh",
             action="store_true",
             help="Also fetch again details older than ENRICHMENT_MAX_AGE.",
         )
 
-    def handle(self, *args: Any, wait: bool, refresh: bool, **options: Any) -> None:
+    def handle(
+        self, *args: Any, wait: bool, refresh: bool, names_only: bool, **options: Any
+    ) -> None:
         try:
             if settings.CELERY_TASK_ALWAYS_EAGER:
-                self._run_in_process(refresh)
+                self._run_in_process(refresh, names_only)
             else:
-                self._queue(refresh, wait)
+                self._queue(refresh, wait, names_only)
         except (EsiError, RateLimited) as exc:
             raise CommandError(f"ESI failed: {exc}") from exc
         self.stdout.write(services.format_counts(services.enrichment_counts()))
 
-    def _run_in_process(self, refresh: bool) -> None:
+    def _run_in_process(self, refresh: bool, names_only: bool) -> None:
         named = tasks.resolve_names.delay(details=False).get()
         self.stdout.write(
             f"names: {named['resolved']} resolved in {named['calls']} calls, "
             f"{named['unresolvable']} unresolvable"
         )
-        for kind in services.DETAIL_KINDS:
+        for kind in () if names_only else services.DETAIL_KINDS:
             done: set[int] = set()
             while True:
                 if refresh:
@@ -67,10 +72,10 @@ class Command(BaseCommand):
             if done:
                 self.stdout.write(f"details: {len(done)} {kind} ids fetched or checked")
 
-    def _queue(self, refresh: bool, wait: bool) -> None:
-        queued = tasks.enqueue_enrichment(details=True)
+    def _queue(self, refresh: bool, wait: bool, names_only: bool) -> None:
+        queued = tasks.enqueue_enrichment(details=not names_only)
         details = 0
-        for kind in services.DETAIL_KINDS:
+        for kind in () if names_only else services.DETAIL_KINDS:
             ids = services.undetailed_entities(kind, tasks.REFRESH_BATCH)
             tasks.queue_details({kind: ids})
             details += len(ids)

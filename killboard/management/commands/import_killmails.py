@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
@@ -44,3 +45,5 @@ class Command(BaseCommand):
         for rejection in total.rejected[:SHOWN_REJECTIONS]:
             self.stderr.write(f"rejected {rejection}")
         self.stdout.write(f"Imported {len(paths)} file(s): {total.summary()}.")
+        if total.new and settings.CELERY_TASK_ALWAYS_EAGER:
+            self.stdout.write("Names of what they reference: `manage.py enrich` resolves them.")
