@@ -97,63 +97,6 @@ def _naive_store(body: dict[str, Any], zkb: dict[str, Any]) -> None:
                 ordinal += 1
 
 
-# Single-column indexes Django adds to every entity ForeignKey (db_index defaults to True):
-# character, corporation and alliance repeat the leading column of the partial
-# (entity, -killmail_time) indexes, and no query filters on the others.
-ENTITY_INDEX_COLUMNS = {
-    "killboard_participant": (
-        "character_id",
-        "corporation_id",
-        "alliance_id",
-        "faction_id",
-        "ship_type_id",
-        "weapon_type_id",
-    ),
-    "killboard_item": ("item_type_id",),
-}
-
-
-def _single_column_entity_indexes() -> dict[str, str]:
-    """Name -> definition of the single-column entity indexes of participants and items."""
-    from django.db import connection
-
-    found = {}
-    with connection.cursor() as cursor:
-        for table, columns in ENTITY_INDEX_COLUMNS.items():
-            constraints = connection.introspection.get_constraints(cursor, table)
-            for name, info in constraints.items():
-                if (
-                    info["index"]
-                    and not info["unique"]
-                    and info["columns"] in [[c] for c in columns]
-                ):
-                    cursor.execute("SELECT pg_get_indexdef(%s::regclass)", [name])
-                    found[name] = cursor.fetchone()[0]
-    return found
-
-
-def _without_entity_indexes(path: Any) -> tuple[float, int]:
-    """What-if: the bulk rate with those indexes dropped (they are put back afterwards)."""
-    from django.db import connection
-
-    from killboard.ingest import ingest_stream
-    from killboard.readers import read_records
-
-    indexes = _single_column_entity_indexes()
-    reset_data()
-    with connection.cursor() as cursor:
-        for name in indexes:
-            cursor.execute(f'DROP INDEX "{name}"')
-    try:
-        with timer() as took:
-            result = ingest_stream(read_records(path))
-    finally:
-        with connection.cursor() as cursor:
-            for definition in indexes.values():
-                cursor.execute(definition)
-    return result.new / took["seconds"], len(indexes)
-
-
 def run() -> list[Row]:
     """Time the naive baseline on a sample, then the bulk path on the whole file."""
     from killboard.ingest import ingest_stream
@@ -177,7 +120,6 @@ def run() -> list[Row]:
     participants, items = Participant.objects.count(), Item.objects.count()
     assert result.new == Killmail.objects.count() == KILLMAILS, result.summary()
 
-    what_if, dropped = _without_entity_indexes(path)
     speedup = rate / naive_rate
     note = (
         f"{KILLMAILS} killmails, {participants} participants, {items} items in "
@@ -191,15 +133,6 @@ def run() -> list[Row]:
             rate / TARGET_RATE,
             rate >= TARGET_RATE,
             note,
-        ),
-        Row(
-            "ingest, what-if: no single-column entity indexes",
-            f"{what_if:,.0f} killmails/s",
-            "(information)",
-            what_if / TARGET_RATE,
-            True,
-            f"the same file with the {dropped} indexes Django adds to entity foreign keys "
-            "(killboard/models.py _entity(), db_index) dropped in the bench database",
         ),
         Row(
             "ingest vs naive per-row ORM",

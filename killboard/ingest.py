@@ -10,6 +10,8 @@ batches that share killmails or entities wait for each other instead of deadlock
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -115,6 +117,17 @@ PARTICIPANT_COLUMNS = (
     "final_blow",
     "security_status",
 )
+# PostgreSQL types of PARTICIPANT_COLUMNS, for COPY in binary format.
+PARTICIPANT_TYPES = (
+    "int8",
+    "timestamptz",
+    "bool",
+    "int4",
+    *["int8"] * 6,
+    "int8",
+    "bool",
+    "float8",
+)
 ITEM_COLUMNS = (
     "killmail_id",
     "ordinal",
@@ -125,6 +138,8 @@ ITEM_COLUMNS = (
     "quantity_destroyed",
     "quantity_dropped",
 )
+# PostgreSQL types of ITEM_COLUMNS, for COPY in binary format.
+ITEM_TYPES = ("int8", "int4", "int4", "int8", "int4", "int4", "int8", "int8")
 ENTITY_KEYS: tuple[tuple[type[Model], tuple[str, ...]], ...] = (
     (Character, ("character_id",)),
     (Corporation, ("corporation_id",)),
@@ -206,41 +221,63 @@ def validate_record(record: Any) -> tuple[Mapping[str, Any], Mapping[str, Any] |
     return body, zkb
 
 
-def ingest_killmails(records: Iterable[Any]) -> IngestResult:
-    """Validate and store one batch of killmails in one transaction; report what happened.
+@dataclass
+class _Batch:
+    """A batch validated and rid of in-batch duplicates: what `_store` writes."""
 
-    A rejected killmail changes nothing; the valid ones of its batch are stored.
-    """
-    result = IngestResult()
-    batch: dict[int, tuple[Mapping[str, Any], Mapping[str, Any] | None]] = {}
+    killmails: dict[int, tuple[Mapping[str, Any], Mapping[str, Any] | None]]
+    result: IngestResult
+
+
+def _prepare(records: Iterable[Any]) -> _Batch:
+    """Validate a batch (no database work, so it can run beside the writing of another)."""
+    batch = _Batch({}, IngestResult())
     for record in records:
         try:
             body, zkb = validate_record(record)
         except InvalidKillmail as exc:
-            result.rejected.append(Rejection(exc.killmail_id, str(exc)))
+            batch.result.rejected.append(Rejection(exc.killmail_id, str(exc)))
             continue
         killmail_id = body["killmail_id"]
-        if killmail_id in batch:
-            result.existing_ids.append(killmail_id)
+        if killmail_id in batch.killmails:
+            batch.result.existing_ids.append(killmail_id)
         else:
-            batch[killmail_id] = (body, zkb)
-    if not batch:
-        return result
+            batch.killmails[killmail_id] = (body, zkb)
+    return batch
 
+
+def _store(batch: _Batch, *, durable: bool = True) -> IngestResult:
+    """Write a prepared batch in one transaction; report what happened."""
+    result, killmails = batch.result, batch.killmails
+    for rejection in result.rejected:
+        logger.warning("Rejected %s", rejection)
+    if not killmails:
+        return result
     with transaction.atomic():
-        _register_entities(batch[killmail_id][0] for killmail_id in batch)
-        inserted = _insert_killmails([batch[killmail_id] for killmail_id in sorted(batch)])
-        _insert_children([batch[killmail_id][0] for killmail_id in sorted(inserted)])
+        if not durable and connection.vendor == "postgresql":
+            # An import is rerun safely: a server crash may lose the last moment's commits,
+            # never half a batch, and the commit need not wait for the disk.
+            with connection.cursor() as cursor:
+                cursor.execute("SET LOCAL synchronous_commit TO OFF")
+        _register_entities(body for body, _ in killmails.values())
+        inserted = _insert_killmails([killmails[killmail_id] for killmail_id in sorted(killmails)])
+        _insert_children([killmails[killmail_id][0] for killmail_id in sorted(inserted)])
         if inserted:
             new_ids = sorted(inserted)
             transaction.on_commit(
                 lambda: killmails_stored.send(sender=Killmail, killmail_ids=new_ids)
             )
     result.new_ids.extend(sorted(inserted))
-    result.existing_ids.extend(sorted(batch.keys() - inserted))
-    for rejection in result.rejected:
-        logger.warning("Rejected %s", rejection)
+    result.existing_ids.extend(sorted(killmails.keys() - inserted))
     return result
+
+
+def ingest_killmails(records: Iterable[Any]) -> IngestResult:
+    """Validate and store one batch of killmails in one transaction; report what happened.
+
+    A rejected killmail changes nothing; the valid ones of its batch are stored.
+    """
+    return _store(_prepare(records))
 
 
 def _walk_items(items: Iterable[Mapping[str, Any]]) -> Iterator[tuple[Mapping[str, Any], bool]]:
@@ -423,11 +460,13 @@ def _child_rows(bodies: Iterable[Mapping[str, Any]]) -> tuple[list[tuple], list[
 def _insert_children(bodies: list[Mapping[str, Any]]) -> None:
     """Write the participants and items of killmails this transaction has just inserted."""
     participants, items = _child_rows(bodies)
-    _write_rows(Participant, PARTICIPANT_COLUMNS, participants)
-    _write_rows(Item, ITEM_COLUMNS, items)
+    _write_rows(Participant, PARTICIPANT_COLUMNS, PARTICIPANT_TYPES, participants)
+    _write_rows(Item, ITEM_COLUMNS, ITEM_TYPES, items)
 
 
-def _write_rows(model: type[Model], columns: tuple[str, ...], rows: list[tuple]) -> None:
+def _write_rows(
+    model: type[Model], columns: tuple[str, ...], types: tuple[str, ...], rows: list[tuple]
+) -> None:
     """Append rows that cannot conflict: COPY on PostgreSQL, executemany elsewhere."""
     if not rows:
         return
@@ -435,7 +474,12 @@ def _write_rows(model: type[Model], columns: tuple[str, ...], rows: list[tuple])
     column_list = ", ".join(columns)
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
-            with cursor.cursor.copy(f"COPY {table} ({column_list}) FROM STDIN") as copy:
+            # Binary: no number is formatted as text here and parsed again by the server.
+            sql = f"COPY {table} ({column_list}) FROM STDIN (FORMAT BINARY)"
+            # COPY goes through psycopg's own cursor: wrap its errors into Django's, as for
+            # every other query, so a lost connection is an OperationalError callers handle.
+            with connection.wrap_database_errors, cursor.cursor.copy(sql) as copy:
+                copy.set_types(types)
                 for row in rows:
                     copy.write_row(row)
         else:
@@ -446,29 +490,37 @@ def _write_rows(model: type[Model], columns: tuple[str, ...], rows: list[tuple])
 def ingest_stream(records: Iterable[Any], batch_size: int = INSERT_CHUNK) -> IngestResult:
     """Ingest an iterable of any length in batches of `batch_size`, one transaction each.
 
-    When reading `records` fails half-way (a broken file), the whole records read before the
-    failure are stored, then the error goes on.
+    A thread reads and validates the next batch while this one writes the current batch
+    (mostly waiting for the server). When reading fails half-way (a broken file), the whole
+    records read before the failure are stored, then the error goes on.
     """
-    total = IngestResult()
-    batch: list[Any] = []
-    source = iter(records)
-    while True:
+    prepared: queue.Queue[_Batch | BaseException | None] = queue.Queue(maxsize=2)
+
+    def read() -> None:
+        batch: list[Any] = []
         try:
-            record = next(source)
-        except StopIteration:
-            break
-        except Exception:
-            if batch:
-                ingest_killmails(batch)
-            raise
-        batch.append(record)
-        if len(batch) >= batch_size:
-            total.add(ingest_killmails(batch))
-            batch.clear()
-            # With DEBUG on, Django keeps every statement; a long import must not.
-            reset_queries()
-    if batch:
-        total.add(ingest_killmails(batch))
+            for record in records:
+                batch.append(record)
+                if len(batch) >= batch_size:
+                    prepared.put(_prepare(batch))
+                    batch = []
+        except BaseException as exc:
+            prepared.put(_prepare(batch))
+            prepared.put(exc)
+            return
+        prepared.put(_prepare(batch))
+        prepared.put(None)
+
+    # A daemon: should writing fail, the reader left blocked on a full queue must not keep
+    # the process alive.
+    threading.Thread(target=read, name="ingest-reader", daemon=True).start()
+    total = IngestResult()
+    while (item := prepared.get()) is not None:
+        if isinstance(item, BaseException):
+            raise item
+        total.add(_store(item, durable=False))
+        # With DEBUG on, Django keeps every statement; a long import must not.
+        reset_queries()
     return total
 
 
