@@ -47,8 +47,6 @@ BODY_CHUNK = 50
 # zKillboard's history starts here; a month walk never goes further back.
 HISTORY_START = date(2007, 12, 1)
 DATE_PATTERN = re.compile(r"\d{4}-\d{2}-\d{2}")
-# A running job with no progress for this long is resumed by the watchdog.
-STALLED_AFTER = timedelta(minutes=5)
 # The most max_pages a job can hold (BackfillJob.max_pages is a 32-bit column).
 MAX_PAGES = 2**31 - 1
 
@@ -520,13 +518,13 @@ def pending_chunks(job_id: int) -> list[list[int]]:
 
 
 def stalled_jobs() -> list[BackfillJob]:
-    """Running jobs that made no progress for STALLED_AFTER and hold no live lease."""
+    """Running jobs that made no progress for a while and hold no live lease."""
     now = timezone.now()
     return list(
         BackfillJob.objects.filter(
             Q(lease_until__isnull=True) | Q(lease_until__lt=now),
             status=BackfillJob.Status.RUNNING,
-            updated_at__lt=now - STALLED_AFTER,
+            updated_at__lt=now - timedelta(seconds=settings.BACKFILL_STALLED_AFTER_SECONDS),
         )
     )
 

@@ -125,6 +125,9 @@ FLOWER_URL = env.str("FLOWER_URL", default="")
 # Seconds a worker owns a backfill page or a chunk of bodies; a killed worker's claim expires
 # after this and another worker takes over. It must exceed the longest page fetch with its waits.
 BACKFILL_LEASE_SECONDS = env.int("BACKFILL_LEASE_SECONDS", default=120)
+# Seconds without progress after which the watchdog (beat) resumes a running job's steps:
+# the net under every message a crash or a broker restart may have lost.
+BACKFILL_STALLED_AFTER_SECONDS = env.int("BACKFILL_STALLED_AFTER_SECONDS", default=300)
 
 # Celery: no broker means the embedded default, where tasks run in-process.
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="")
@@ -175,6 +178,6 @@ CELERY_BEAT_SCHEDULE = {
     },
     "backfill-resume-stalled-jobs": {
         "task": "backfill.tasks.resume_stalled_jobs",
-        "schedule": timedelta(minutes=1),
+        "schedule": timedelta(seconds=min(60, BACKFILL_STALLED_AFTER_SECONDS / 4)),
     },
 }

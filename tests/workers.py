@@ -103,6 +103,7 @@ class Workers:
     def __init__(self, env: dict[str, str]) -> None:
         self.env = env
         self.processes: list[subprocess.Popen[bytes]] = []
+        self.beat: subprocess.Popen[bytes] | None = None
 
     def start(self, concurrency: int = 2) -> subprocess.Popen[bytes]:
         name = f"test{len(self.processes)}@%h"
@@ -130,16 +131,34 @@ class Workers:
         self.processes.append(process)
         return process
 
+    def start_beat(self, directory: Path) -> None:
+        """Celery beat, which runs the watchdog that resumes stalled jobs."""
+        self.beat = subprocess.Popen(
+            [
+                str(ROOT / ".venv" / "bin" / "celery"),
+                "-A",
+                "config",
+                "beat",
+                "-s",
+                str(directory / "celerybeat-schedule"),
+                "-l",
+                "warning",
+            ],
+            cwd=ROOT,
+            env=self.env,
+            start_new_session=True,
+        )
+
     def kill(self, process: subprocess.Popen[bytes]) -> None:
         """SIGKILL a worker and its pool children: no warm shutdown, no acks."""
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=10)
 
     def stop(self) -> None:
-        for process in self.processes:
+        for process in [*self.processes, *([self.beat] if self.beat else [])]:
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGTERM)
-        for process in self.processes:
+        for process in [*self.processes, *([self.beat] if self.beat else [])]:
             try:
                 process.wait(timeout=20)
             except subprocess.TimeoutExpired:

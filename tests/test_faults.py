@@ -1,0 +1,232 @@
+"""The pipeline under real-world failure, on real services: nothing lost, nothing stored twice.
+
+Faults come from two sides. The fake upstream injects them into its answers (5xx, answers held
+past the ESI client's timeout, truncated and HTML bodies at 200, 429 bursts, a 420 storm) and
+counts every rule the clients break. The test injects the others into the machine: workers
+killed with SIGKILL, RabbitMQ restarted, PostgreSQL connections terminated, all mid-job.
+Every test ends by comparing what was stored with what the upstream holds, row for row.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from django.db import connection
+
+from backfill.models import BackfillJob, FailedKillmail, PendingKillmail
+from killboard.models import Item, Killmail, Participant
+from tests import workers
+from tests.workers import (
+    manage,
+    require_services,
+    restart_rabbitmq,
+    running_workers,
+    service_env,
+    wait_until,
+)
+
+pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
+
+CHARACTER = 2117325769
+# A year of history ending after 2026-06-27: pages carry bodies for the newest third, and
+# the older two thirds need ESI.
+DAYS = 365
+
+
+@pytest.fixture(autouse=True)
+def _services() -> None:
+    require_services()
+
+
+@pytest.fixture(autouse=True)
+def _backfill_workers_only(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Workers like the Procfile's worker_backfill: pages and bodies, no enrichment.
+
+    Enrichment of the thousands of entities these killmails name would double the ESI
+    traffic, and with it the injected faults and the time, proving nothing more here.
+    """
+    monkeypatch.setattr(workers, "QUEUES", ("zkillboard_backfill", "esi_killmail"))
+    yield
+    monkeypatch.undo()
+    workers.purge_queues()  # the enrichment tasks the stored killmails queued
+
+
+def expected_rows(world: Any, killmail_ids: list[int]) -> tuple[int, int, int]:
+    """Killmails, participants and items the upstream's killmails make."""
+    participants = items = 0
+    for killmail_id in killmail_ids:
+        body = world.body(killmail_id)
+        participants += 1 + len(body["attackers"])
+        for item in body["victim"].get("items", ()):
+            items += 1 + len(item.get("items", ()))
+    return len(killmail_ids), participants, items
+
+
+def stored_rows() -> tuple[int, int, int]:
+    return Killmail.objects.count(), Participant.objects.count(), Item.objects.count()
+
+
+def queue_backfill(env: dict[str, str], character_id: int) -> int:
+    result = manage(env, "backfill_character", str(character_id), "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout)["job"]
+
+
+def all_finished() -> bool:
+    return not BackfillJob.objects.filter(status__in=BackfillJob.ACTIVE).exists()
+
+
+def stored_at_least(count: int) -> Any:
+    return lambda: Killmail.objects.count() >= count or all_finished()
+
+
+def where_it_stands() -> dict[str, Any]:
+    """The job's state, for the message of a test that timed out."""
+    job = BackfillJob.objects.values(
+        "status", "cursor", "paging_done", "stored", "failed", "last_error", "lease_until"
+    ).last()
+    pending = PendingKillmail.objects.values_list("claimed_until", flat=True)
+    return {"job": job, "stored": Killmail.objects.count(), "pending": sorted(map(str, pending))}
+
+
+def wait_for(condition: Any, timeout: float) -> None:
+    """`wait_until`, saying where the job stands if it times out."""
+    try:
+        wait_until(condition, timeout)
+    except pytest.fail.Exception:
+        pytest.fail(f"timed out after {timeout}s: {where_it_stands()}")
+
+
+def drop_database_connections() -> int:
+    """Terminate every other session of the test database (workers' included)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        return cursor.fetchone()[0]
+
+
+def assert_stored_exactly_once(world: Any, ids: list[int]) -> None:
+    assert set(Killmail.objects.values_list("killmail_id", flat=True)) == set(ids)
+    assert stored_rows() == expected_rows(world, ids)
+    assert not PendingKillmail.objects.exists()
+    assert not FailedKillmail.objects.exists()
+
+
+def test_faulty_upstreams_cost_retries_not_killmails(fake, world):
+    # Bodies on the pages of the newest 127 days, from ESI before: about 2,000 ESI calls.
+    ids = world.add_character(CHARACTER, 5000, days=220)
+    fake.configure(
+        item_shape="mixed",
+        fault_seed=6,
+        fault_rate_5xx=0.05,
+        # Held past the ESI client's 10 s read timeout; rare, since each costs a worker 11 s.
+        fault_rate_timeout=0.002,
+        timeout_hold=11.0,
+        fault_rate_truncated=0.01,
+        fault_rate_html=0.01,
+    )
+    env = service_env(fake, ZKILLBOARD_REQUESTS_PER_SECOND="1000", BACKFILL_LEASE_SECONDS="30")
+    started = time.monotonic()
+
+    with running_workers(env, count=2):
+        job_id = queue_backfill(env, CHARACTER)
+        wait_for(stored_at_least(2500), timeout=120)
+        fake.configure(burst_429=10)
+        wait_for(stored_at_least(3500), timeout=120)
+        fake.configure(storm_420=5)
+        wait_for(all_finished, timeout=300)
+
+    job = BackfillJob.objects.get(pk=job_id)
+    stats = fake.stats()
+    print(
+        f"\n5000 killmails with faults in {time.monotonic() - started:.0f}s: "
+        f"faults {stats['faults']}, {stats['zkb_pages']} zKillboard requests, "
+        f"{stats['esi_killmails']} ESI killmail requests, violations {stats['violation_count']}"
+    )
+    assert job.status == BackfillJob.Status.SUCCEEDED, job.last_error
+    assert (job.stored, job.failed, job.pending) == (5000, 0, 0)
+    assert 0 < job.bodies_from_page < 5000
+    assert_stored_exactly_once(world, ids)
+    faults = stats["faults"]
+    for kind in ("5xx", "timeout", "truncated", "html", "burst_429", "storm_420"):
+        assert faults.get(kind, 0) > 0, f"no {kind} fault was injected: {faults}"
+    assert stats["violations"] == []
+
+
+def test_killed_workers_broker_restart_and_dropped_connections_lose_nothing(fake, world, tmp_path):
+    ids = world.add_character(CHARACTER, 2500, days=DAYS)
+    # Bodies from ESI at about 45 a second: the job runs long enough for every blow.
+    fake.configure(item_shape="zkbonly", esi_killmail_bucket=(2000, 20.0))
+    env = service_env(
+        fake,
+        ZKILLBOARD_REQUESTS_PER_SECOND="1000",
+        BACKFILL_LEASE_SECONDS="10",
+        # As in production, beat's watchdog resumes a job whose messages a blow lost.
+        BACKFILL_STALLED_AFTER_SECONDS="20",
+    )
+    rng = random.Random(6)
+    # Stored-killmail counts at which each blow falls, drawn in order across the job.
+    moments = sorted(rng.sample(range(150, 2100, 50), 6))
+    blows = ["kill", "drop_database", "kill", "restart_rabbitmq", "drop_database", "kill"]
+    terminated = 0
+    started = time.monotonic()
+
+    with running_workers(env, count=2) as workers:
+        workers.start_beat(tmp_path)
+        job_id = queue_backfill(env, CHARACTER)
+        for moment, blow in zip(moments, blows, strict=True):
+            wait_for(stored_at_least(moment), timeout=180)
+            if blow == "kill":
+                # A random live worker, at a random moment of whatever it is doing.
+                time.sleep(rng.uniform(0, 1))
+                live = [p for p in workers.processes if p.poll() is None]
+                workers.kill(rng.choice(live))
+                workers.start()
+            elif blow == "restart_rabbitmq":
+                restart_rabbitmq()
+            else:
+                for _ in range(3):  # idle sessions too, and those that reconnect at once
+                    terminated += drop_database_connections()
+                    time.sleep(0.3)
+        dealt_at = Killmail.objects.count()
+        wait_for(all_finished, timeout=300)
+
+    job = BackfillJob.objects.get(pk=job_id)
+    print(
+        f"\n2500 killmails, blows {list(zip(moments, blows, strict=True))}, "
+        f"{terminated} database sessions terminated, done in {time.monotonic() - started:.0f}s"
+    )
+    assert dealt_at < 2500, "the job ended before every blow fell"
+    assert terminated > 0
+    assert job.status == BackfillJob.Status.SUCCEEDED, job.last_error
+    assert job.stored + job.already_stored == 2500
+    assert_stored_exactly_once(world, ids)
+    assert fake.stats()["violation_count"] == 0
+
+
+def test_concurrent_backfills_of_characters_sharing_killmails_store_each_once(fake, world):
+    pilots = [2117325769, 2117325770]
+    shared = world.add_shared(pilots, 1500, days=DAYS)
+    own = [world.add_character(pilot, 400, days=DAYS) for pilot in pilots]
+    ids = [*shared, *own[0], *own[1]]
+    fake.configure(item_shape="mixed")
+    env = service_env(fake, ZKILLBOARD_REQUESTS_PER_SECOND="1000")
+
+    with running_workers(env, count=2):
+        jobs = [queue_backfill(env, pilot) for pilot in pilots]
+        wait_for(all_finished, timeout=300)
+
+    done = list(BackfillJob.objects.filter(pk__in=jobs))
+    assert {job.status for job in done} == {BackfillJob.Status.SUCCEEDED}
+    assert [job.stored + job.already_stored for job in done] == [1900, 1900]
+    # Each killmail was inserted by exactly one of the two jobs.
+    assert sum(job.stored for job in done) == len(ids) == 2300
+    assert_stored_exactly_once(world, ids)
+    assert fake.stats()["violation_count"] == 0

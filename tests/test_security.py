@@ -1,0 +1,368 @@
+"""Nobody in who should not be: write paths, CSRF, GraphQL, production settings, secrets.
+
+Every way to change something (the admin's add forms and actions, the GraphQL mutation) is
+tried as an anonymous visitor, a logged-in user who is not staff, and staff without the
+matching permission: each must change nothing. A superuser doing the same proves the paths
+are real. Flower's basic auth is checked on a running Flower by
+`tests/test_flower.py::test_flower_refuses_requests_without_credentials`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import string
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.contrib import admin
+from django.contrib.auth.models import Permission
+from django.test import Client
+from django.urls import reverse
+
+from api.models import ApiToken
+from backfill import services
+from backfill.models import BackfillJob, FailedKillmail
+from killboard.models import Character
+
+pytestmark = pytest.mark.django_db
+
+ROOT = Path(__file__).resolve().parent.parent
+CHARACTER = 2117325769
+JOBS = reverse("admin:backfill_backfilljob_changelist")
+ADD_JOB = reverse("admin:backfill_backfilljob_add")
+CHARACTERS = reverse("admin:killboard_character_changelist")
+TOKENS = reverse("admin:api_apitoken_changelist")
+ADD_TOKEN = reverse("admin:api_apitoken_add")
+ENRICHED_AT = datetime(2026, 1, 1, tzinfo=UTC)
+MUTATION = """
+mutation { startKillmailBackfill(input: {characterId: 2117325769}) { success message } }
+"""
+# Every model permission a read-only operator could hold: they see everything, change nothing.
+VIEW_PERMISSIONS = (
+    "backfill.view_backfilljob",
+    "killboard.view_character",
+    "api.view_apitoken",
+)
+
+
+@pytest.fixture
+def rows(admin_user: Any) -> dict[str, int]:
+    """A queued job, a cancelled one with a failure, an enriched character, an API token."""
+    queued = services.create_job(CHARACTER)
+    cancelled = services.create_job(CHARACTER + 1)
+    services.cancel_job(cancelled.pk)
+    FailedKillmail.objects.create(job=cancelled, killmail_id=1, killmail_hash="a" * 40, reason="x")
+    BackfillJob.objects.filter(pk=cancelled.pk).update(failed=1)
+    character = Character.objects.create(id=CHARACTER, name="Pilot", details_updated_at=ENRICHED_AT)
+    token, _ = ApiToken.objects.issue(admin_user, "bot")
+    return {
+        "admin": admin_user.pk,
+        "queued": queued.pk,
+        "cancelled": cancelled.pk,
+        "character": character.id,
+        "token": token.pk,
+    }
+
+
+def snapshot() -> tuple[Any, ...]:
+    """Everything a write path could change."""
+    return (
+        sorted(BackfillJob.objects.values_list("pk", "status", "failed")),
+        FailedKillmail.objects.count(),
+        sorted(Character.objects.values_list("id", "details_updated_at")),
+        sorted(ApiToken.objects.values_list("pk", "is_active")),
+    )
+
+
+def action(name: str, *ids: int, **extra: str) -> dict[str, Any]:
+    return {"action": name, "_selected_action": [str(pk) for pk in ids], **extra}
+
+
+# (url, form data from the fixture's row ids)
+WRITE_PATHS: dict[str, tuple[str, Any]] = {
+    "add a backfill job": (
+        ADD_JOB,
+        lambda rows: {"character_id": "90000001", "limit": "200", "skip_existing": "on"},
+    ),
+    "cancel jobs": (JOBS, lambda rows: action("cancel", rows["queued"])),
+    "resume jobs": (JOBS, lambda rows: action("resume", rows["cancelled"])),
+    "retry failed killmails": (JOBS, lambda rows: action("retry_failed", rows["cancelled"])),
+    "backfill this character": (
+        CHARACTERS,
+        lambda rows: action(
+            "backfill_this_character", rows["character"], apply="Start backfill", limit="200"
+        ),
+    ),
+    "re-enrich characters": (CHARACTERS, lambda rows: action("re_enrich", rows["character"])),
+    "issue an API token": (ADD_TOKEN, lambda rows: {"user": str(rows["admin"]), "name": "stolen"}),
+    "revoke API tokens": (TOKENS, lambda rows: action("revoke", rows["token"])),
+}
+
+
+def user_client(django_user_model: Any, *, staff: bool, permissions: tuple[str, ...]) -> Client:
+    user = django_user_model.objects.create_user("someone", password="pw", is_staff=staff)
+    for name in permissions:
+        app_label, codename = name.split(".")
+        user.user_permissions.add(
+            Permission.objects.get(content_type__app_label=app_label, codename=codename)
+        )
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+@pytest.fixture(params=["anonymous", "not staff", "staff without the permission"])
+def outsider(request: Any, django_user_model: Any) -> Client:
+    """A client that must not be able to write."""
+    if request.param == "anonymous":
+        return Client()
+    staff = request.param != "not staff"
+    return user_client(django_user_model, staff=staff, permissions=VIEW_PERMISSIONS)
+
+
+@pytest.mark.parametrize("path", WRITE_PATHS)
+def test_write_paths_change_nothing_for_outsiders(outsider: Client, rows: dict[str, int], path):
+    url, data = WRITE_PATHS[path]
+    before = snapshot()
+
+    outsider.post(url, data(rows), follow=True)
+
+    assert snapshot() == before
+
+
+@pytest.mark.parametrize("path", WRITE_PATHS)
+def test_write_paths_work_for_a_superuser(admin_client: Client, rows: dict[str, int], path):
+    url, data = WRITE_PATHS[path]
+    before = snapshot()
+
+    admin_client.post(url, data(rows), follow=True)
+
+    assert snapshot() != before
+
+
+def test_every_admin_action_declares_the_permission_it_needs():
+    unguarded = [
+        f"{model.__name__}.{name}"
+        for model, model_admin in admin.site._registry.items()
+        for function, name, _ in model_admin._get_base_actions()
+        if not getattr(function, "allowed_permissions", None)
+    ]
+
+    assert unguarded == []
+
+
+def test_admin_posts_without_the_csrf_token_are_refused(admin_user: Any, rows: dict[str, int]):
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(admin_user)
+    before = snapshot()
+
+    add = client.post(ADD_JOB, WRITE_PATHS["add a backfill job"][1](rows))
+    cancel = client.post(JOBS, action("cancel", rows["queued"]))
+
+    assert (add.status_code, cancel.status_code) == (403, 403)
+    assert snapshot() == before
+
+
+def test_admin_posts_with_the_csrf_token_are_accepted(admin_user: Any, rows: dict[str, int]):
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(admin_user)
+    client.get(JOBS)  # sets the csrftoken cookie, as any admin page does
+    token = client.cookies["csrftoken"].value
+
+    response = client.post(JOBS, {**action("cancel", rows["queued"]), "csrfmiddlewaretoken": token})
+
+    assert response.status_code == 302
+    assert BackfillJob.objects.get(pk=rows["queued"]).status == BackfillJob.Status.CANCELLED
+
+
+def graphql(client: Client, query: str, **headers: str) -> Any:
+    return client.post(
+        "/graphql/", json.dumps({"query": query}), content_type="application/json", **headers
+    )
+
+
+def test_graphql_refuses_anonymous_mutations(client: Client):
+    response = graphql(client, MUTATION)
+
+    assert response.status_code == 401
+    assert response.json()["data"] is None
+    assert not BackfillJob.objects.exists()
+
+
+def test_graphql_refuses_mutations_of_non_staff_sessions(django_user_model: Any):
+    client = user_client(django_user_model, staff=False, permissions=("backfill.start_backfill",))
+
+    assert graphql(client, MUTATION).status_code == 401
+    assert not BackfillJob.objects.exists()
+
+
+def test_graphql_refuses_mutations_without_the_permission(django_user_model: Any):
+    staff = user_client(django_user_model, staff=True, permissions=VIEW_PERMISSIONS)
+    user = django_user_model.objects.get(username="someone")
+    _, token = ApiToken.objects.issue(user, "read-only bot")
+
+    by_session = graphql(staff, MUTATION).json()
+    by_token = graphql(Client(), MUTATION, HTTP_AUTHORIZATION=f"Bearer {token}").json()
+
+    for answer in (by_session, by_token):
+        assert answer["data"] is None
+        assert "permission to start backfills" in answer["errors"][0]["message"]
+    assert not BackfillJob.objects.exists()
+
+
+def test_graphql_refuses_mutations_sent_with_get(admin_client: Client):
+    response = admin_client.get("/graphql/", {"query": MUTATION})
+
+    assert response.status_code in (400, 405)
+    assert not BackfillJob.objects.exists()
+
+
+# -- production settings (each in a process of its own, as a server would load them) -------
+
+
+def random_secret_key() -> str:
+    return "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(50))
+
+
+def production_env(**overrides: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DJANGO_")}
+    env.update(
+        DJANGO_SETTINGS_MODULE="config.settings",
+        DJANGO_DEBUG="false",
+        DJANGO_SECRET_KEY=random_secret_key(),
+        DJANGO_ALLOWED_HOSTS="example.com",
+    )
+    env.update(overrides)
+    return {k: v for k, v in env.items() if v is not None}
+
+
+def manage(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def loaded_settings(env: dict[str, str]) -> dict[str, Any]:
+    names = [
+        "DEBUG",
+        "ALLOWED_HOSTS",
+        "CSRF_TRUSTED_ORIGINS",
+        "SECURE_SSL_REDIRECT",
+        "SESSION_COOKIE_SECURE",
+        "CSRF_COOKIE_SECURE",
+        "SECURE_HSTS_SECONDS",
+        "SECURE_HSTS_INCLUDE_SUBDOMAINS",
+        "SECURE_HSTS_PRELOAD",
+    ]
+    code = (
+        "import json; from django.conf import settings; "
+        f"print(json.dumps({{n: getattr(settings, n) for n in {names!r}}}))"
+    )
+    result = manage(env, "shell", "-c", code)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize(
+    "secret_key", [None, "development-only-not-a-secret"], ids=["unset", "development key"]
+)
+def test_production_settings_refuse_the_development_key(secret_key: str | None):
+    env = production_env()
+    env.pop("DJANGO_SECRET_KEY")
+    if secret_key:
+        env["DJANGO_SECRET_KEY"] = secret_key
+
+    result = manage(env, "check")
+
+    assert result.returncode != 0
+    assert "DJANGO_SECRET_KEY must be set when DJANGO_DEBUG is off" in result.stderr
+
+
+def test_production_settings_default_to_https_only_cookies_and_hsts():
+    loaded = loaded_settings(production_env())
+
+    assert loaded == {
+        "DEBUG": False,
+        "ALLOWED_HOSTS": ["example.com"],
+        "CSRF_TRUSTED_ORIGINS": [],
+        "SECURE_SSL_REDIRECT": True,
+        "SESSION_COOKIE_SECURE": True,
+        "CSRF_COOKIE_SECURE": True,
+        "SECURE_HSTS_SECONDS": 3600,
+        "SECURE_HSTS_INCLUDE_SUBDOMAINS": True,
+        "SECURE_HSTS_PRELOAD": True,
+    }
+
+
+def test_production_settings_come_from_the_environment():
+    loaded = loaded_settings(
+        production_env(
+            DJANGO_ALLOWED_HOSTS="kb.example.com,api.example.com",
+            DJANGO_CSRF_TRUSTED_ORIGINS="https://kb.example.com",
+            DJANGO_SECURE_SSL_REDIRECT="false",
+            DJANGO_SECURE_HSTS_SECONDS="31536000",
+        )
+    )
+
+    assert loaded["ALLOWED_HOSTS"] == ["kb.example.com", "api.example.com"]
+    assert loaded["CSRF_TRUSTED_ORIGINS"] == ["https://kb.example.com"]
+    assert loaded["SECURE_SSL_REDIRECT"] is False
+    assert loaded["SECURE_HSTS_SECONDS"] == 31536000
+    assert loaded["SESSION_COOKIE_SECURE"] is True
+
+
+def test_check_deploy_is_clean_with_production_settings():
+    result = manage(production_env(), "check", "--deploy", "--fail-level", "WARNING")
+
+    assert result.returncode == 0, result.stderr
+    assert "System check identified no issues (0 silenced)." in result.stdout
+
+
+# -- secrets ---------------------------------------------------------------------------------
+
+# Things that look like credentials; the development key is the one allowed "secret".
+SECRET_PATTERNS = re.compile(
+    r"-----BEGIN [A-Z ]*PRIVATE KEY-----"
+    r"|AKIA[0-9A-Z]{16}"  # AWS access key id
+    r"|gh[pousr]_[A-Za-z0-9]{36}"  # GitHub token
+    r"|xox[abprs]-[A-Za-z0-9-]{10,}"  # Slack token
+    r"|kb_[A-Za-z0-9_-]{40,}"  # this project's API tokens
+    r"|django-insecure-"
+    r"|(?i:secret_key|api_key|password|passwd|token)\s*[:=]\s*[\"'][^\"'\s]{12,}[\"']"
+    r"|://[^/\s:@]+:(?!guest@)[^/\s:@]{6,}@"  # a URL with a password other than guest's
+)
+ALLOWED = ("development-only-not-a-secret",)
+
+
+def test_no_secret_is_tracked_in_the_repository():
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    tracked = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True
+    ).stdout.decode()
+    found = []
+    for name in filter(None, tracked.split("\0")):
+        path = ROOT / name
+        if not path.is_file():
+            continue
+        for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+            match = SECRET_PATTERNS.search(line)
+            if match and not any(allowed in line for allowed in ALLOWED):
+                found.append(f"{name}:{number}: {match.group()[:40]}")
+
+    assert ".env" not in tracked.split("\0")
+    assert found == []
