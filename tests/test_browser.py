@@ -64,7 +64,9 @@ def test_admin_backfills_a_character_and_shows_it_succeeded(
     browser: Any, live_server: Any, django_user_model: Any, fake: Any, world: Any
 ):
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.expected_conditions import url_contains
     from selenium.webdriver.support.select import Select
+    from selenium.webdriver.support.wait import WebDriverWait
 
     world.add_character(CHARACTER, 60)
     Character.objects.create(id=CHARACTER, name="Browser Pilot")
@@ -88,7 +90,9 @@ def test_admin_backfills_a_character_and_shows_it_succeeded(
     form.find_element(By.NAME, "limit").send_keys("10")
     form.find_element(By.NAME, "apply").click()
 
-    # The job list: watch the job until it reports success with a full progress bar.
+    # The job list (in-process the request itself runs the backfill: give it time to answer),
+    # then watch the job until it reports success with a full progress bar.
+    WebDriverWait(browser, WAIT_SECONDS).until(url_contains("/admin/backfill/backfilljob/"))
     deadline = time.monotonic() + WAIT_SECONDS
     row = None
     while time.monotonic() < deadline:

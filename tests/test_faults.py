@@ -9,7 +9,6 @@ Every test ends by comparing what was stored with what the upstream holds, row f
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from collections.abc import Iterator
@@ -19,14 +18,17 @@ import pytest
 from django.db import connection
 
 from backfill.models import BackfillJob, FailedKillmail, PendingKillmail
-from killboard.models import Item, Killmail, Participant
+from killboard.models import Killmail
 from tests import workers
 from tests.workers import (
-    manage,
+    all_finished,
+    expected_rows,
+    queue_backfill,
     require_services,
     restart_rabbitmq,
     running_workers,
     service_env,
+    stored_rows,
     wait_until,
 )
 
@@ -54,31 +56,6 @@ def _backfill_workers_only(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     yield
     monkeypatch.undo()
     workers.purge_queues()  # the enrichment tasks the stored killmails queued
-
-
-def expected_rows(world: Any, killmail_ids: list[int]) -> tuple[int, int, int]:
-    """Killmails, participants and items the upstream's killmails make."""
-    participants = items = 0
-    for killmail_id in killmail_ids:
-        body = world.body(killmail_id)
-        participants += 1 + len(body["attackers"])
-        for item in body["victim"].get("items", ()):
-            items += 1 + len(item.get("items", ()))
-    return len(killmail_ids), participants, items
-
-
-def stored_rows() -> tuple[int, int, int]:
-    return Killmail.objects.count(), Participant.objects.count(), Item.objects.count()
-
-
-def queue_backfill(env: dict[str, str], character_id: int) -> int:
-    result = manage(env, "backfill_character", str(character_id), "--json")
-    assert result.returncode == 0, result.stderr[-2000:]
-    return json.loads(result.stdout)["job"]
-
-
-def all_finished() -> bool:
-    return not BackfillJob.objects.filter(status__in=BackfillJob.ACTIVE).exists()
 
 
 def stored_at_least(count: int) -> Any:

@@ -355,9 +355,11 @@ def test_no_secret_is_tracked_in_the_repository():
         ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True
     ).stdout.decode()
     found = []
+    this_file = Path(__file__).resolve()
     for name in filter(None, tracked.split("\0")):
         path = ROOT / name
-        if not path.is_file():
+        # This file spells the patterns out, so it would find itself.
+        if not path.is_file() or path.resolve() == this_file:
             continue
         for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
             match = SECRET_PATTERNS.search(line)

@@ -13,13 +13,17 @@ from datetime import UTC, datetime
 import pytest
 
 from backfill.models import BackfillJob, PendingKillmail
-from killboard.models import Character, Item, Killmail, Participant
+from killboard.models import Character, Killmail
 from tests.workers import (
+    all_finished,
+    expected_rows,
     manage,
+    queue_backfill,
     require_services,
     restart_rabbitmq,
     running_workers,
     service_env,
+    stored_rows,
     wait_until,
 )
 
@@ -32,31 +36,6 @@ NEWEST = datetime(2026, 11, 1, tzinfo=UTC)
 @pytest.fixture(autouse=True)
 def _services() -> None:
     require_services()
-
-
-def expected_rows(world, killmail_ids) -> tuple[int, int, int]:
-    """Killmails, participants and items the upstream's killmails make."""
-    participants = items = 0
-    for killmail_id in killmail_ids:
-        body = world.body(killmail_id)
-        participants += 1 + len(body["attackers"])
-        for item in body["victim"].get("items", ()):
-            items += 1 + len(item.get("items", ()))
-    return len(killmail_ids), participants, items
-
-
-def stored_rows() -> tuple[int, int, int]:
-    return Killmail.objects.count(), Participant.objects.count(), Item.objects.count()
-
-
-def queue_backfill(env, character_id: int) -> int:
-    result = manage(env, "backfill_character", str(character_id), "--json")
-    assert result.returncode == 0, result.stderr[-2000:]
-    return json.loads(result.stdout)["job"]
-
-
-def all_finished() -> bool:
-    return not BackfillJob.objects.filter(status__in=BackfillJob.ACTIVE).exists()
 
 
 def test_backfill_on_workers_stores_every_killmail_once(fake, world):

@@ -6,6 +6,7 @@ where a missing service is a broken machine, not a reason to pass.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -21,6 +22,9 @@ from typing import Any
 import pytest
 from django.db import connection
 from kombu import Connection
+
+from backfill.models import BackfillJob
+from killboard.models import Item, Killmail, Participant
 
 ROOT = Path(__file__).resolve().parent.parent
 # A virtual host of the tests' own, so workers of other runs (a benchmark, a dev's worker)
@@ -210,3 +214,31 @@ def restart_rabbitmq() -> None:
         subprocess.run(
             ["rabbitmqctl", "-q", *command], check=True, capture_output=True, timeout=120
         )
+
+
+def queue_backfill(env: dict[str, str], character_id: int) -> int:
+    """Queue a backfill the way an operator does, with the CLI; return the job's id."""
+    result = manage(env, "backfill_character", str(character_id), "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout)["job"]
+
+
+def all_finished() -> bool:
+    """No backfill job is queued or running."""
+    return not BackfillJob.objects.filter(status__in=BackfillJob.ACTIVE).exists()
+
+
+def expected_rows(world: Any, killmail_ids: list[int]) -> tuple[int, int, int]:
+    """Killmails, participants and items the upstream's killmails make."""
+    participants = items = 0
+    for killmail_id in killmail_ids:
+        body = world.body(killmail_id)
+        participants += 1 + len(body["attackers"])
+        for item in body["victim"].get("items", ()):
+            items += 1 + len(item.get("items", ()))
+    return len(killmail_ids), participants, items
+
+
+def stored_rows() -> tuple[int, int, int]:
+    """Killmails, participants and items stored."""
+    return Killmail.objects.count(), Participant.objects.count(), Item.objects.count()
