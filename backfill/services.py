@@ -366,9 +366,9 @@ def fetch_bodies(job_id: int, killmail_ids: list[int], esi: Any) -> float:
     """Fetch the pending bodies among `killmail_ids` from ESI and store them.
 
     Bodies fetched before a transient error are stored before the error propagates, so the
-    retry fetches only the rest. A 422 (wrong id or hash) is recorded on the job. Returns the
-    seconds until another worker's claim on some of these bodies expires (0: none left):
-    if that worker died, the caller must come back then.
+    retry fetches only the rest. A 422 (wrong id or hash) is recorded on the job. Returns
+    the seconds after which the caller must come back for bodies still pending that it could
+    not claim (0: none left): another worker may hold them, and may have died.
     """
     job = BackfillJob.objects.get(pk=job_id)
     if not job.is_active:
@@ -389,13 +389,13 @@ def fetch_bodies(job_id: int, killmail_ids: list[int], esi: Any) -> float:
             PendingKillmail.objects.filter(claim=claimed[0].claim).update(
                 claim=None, claimed_until=None
             )
-    held_until = (
-        PendingKillmail.objects.filter(job_id=job_id, killmail_id__in=killmail_ids)
-        .order_by("claimed_until")
-        .values_list("claimed_until", flat=True)
-        .first()
-    )
-    return max(0.0, (held_until - timezone.now()).total_seconds()) if held_until else 0.0
+    left = PendingKillmail.objects.filter(job_id=job_id, killmail_id__in=killmail_ids)
+    claims = list(left.values_list("claimed_until", flat=True))
+    if not claims:
+        return 0.0
+    now = timezone.now()
+    # Unclaimed (given back meanwhile): soon; claimed by another worker: when that runs out.
+    return max(1.0, min((until - now).total_seconds() if until else 0.0 for until in claims))
 
 
 def pending_among(job_id: int, killmail_ids: list[int]) -> list[int]:

@@ -103,34 +103,55 @@ def _send(task: Task, args: tuple[Any, ...]) -> None:
         return
     queue = getattr(_local, "queue", None)
     if queue is not None:
-        queue.append((task, args, 0))
+        queue.append((task, args, {}, 0))
         return
-    _local.queue = deque([(task, args, 0)])
+    _local.queue = deque([(task, args, {}, 0)])
     try:
         while _local.queue:
-            queued, queued_args, retries = _local.queue.popleft()
+            queued, queued_args, kwargs, retries = _local.queue.popleft()
             try:
-                queued.apply(queued_args, retries=retries, throw=True)
-            except Retry:
+                queued.apply(queued_args, kwargs, retries=retries, throw=True)
+            except Retry as retry:
                 # In-process, `_retry` has already waited; run it again, counting the retry.
-                _local.queue.append((queued, queued_args, retries + 1))
+                _local.queue.append((queued, queued_args, retry.sig.kwargs, retries + 1))
     finally:
         _local.queue = None
 
 
 def _retry(task: Task, job_id: int, exc: Exception, countdown: float | None = None) -> None:
-    """Retry after `countdown` (default: exponential backoff with jitter); fail the job when
-    retries are exhausted."""
-    most = RATE_LIMITED_MAX_RETRIES if isinstance(exc, RateLimited) else task.max_retries
-    if task.request.retries >= most:
-        services.fail_job(job_id, f"gave up after {most} retries: {exc}")
-        return
+    """Retry the task; fail the job once the retries run out.
+
+    With a `countdown` (a rate limit, a lease: the wait is known) after that long, at most
+    RATE_LIMITED_MAX_RETRIES times. Without one (a transient error) with exponential backoff
+    and jitter over the failures in a row, counted apart so that waits do not inflate it.
+    """
+    failures = _failures(task)
     if countdown is None:
-        countdown = _backoff(task.request.retries)
+        if failures >= task.max_retries:
+            services.fail_job(job_id, f"gave up after {failures} failures: {exc}")
+            return
+        countdown = _backoff(failures)
+        failures += 1
+    elif task.request.retries >= RATE_LIMITED_MAX_RETRIES + task.max_retries:
+        services.fail_job(job_id, f"gave up after {task.request.retries} retries: {exc}")
+        return
     services.touch(job_id)
+    _retry_after(task, exc, countdown, failures)
+
+
+def _failures(task: Task) -> int:
+    return (task.request.kwargs or {}).get("failures", 0)
+
+
+def _retry_after(task: Task, exc: Exception, countdown: float, failures: int) -> None:
     if task.request.is_eager:
         time.sleep(countdown)
-    raise task.retry(exc=exc, countdown=countdown, max_retries=most)
+    raise task.retry(
+        exc=exc,
+        countdown=countdown,
+        max_retries=RATE_LIMITED_MAX_RETRIES + task.max_retries,
+        kwargs={**(task.request.kwargs or {}), "failures": failures},
+    )
 
 
 def _backoff(retries: int) -> float:
@@ -150,14 +171,14 @@ def _retry_database(task: Task, job_id: int, exc: Exception, *, page_claimed: bo
     if page_claimed:
         with contextlib.suppress(*DATABASE_ERRORS):  # still away: the lease runs out instead
             services.release_page(job_id)
-    countdown = _backoff(task.request.retries)
-    if task.request.is_eager:
-        time.sleep(countdown)
-    raise task.retry(exc=exc, countdown=countdown)
+    failures = _failures(task)
+    if failures >= task.max_retries:
+        raise exc
+    _retry_after(task, exc, _backoff(failures), failures + 1)
 
 
 @shared_task(**TASK_OPTIONS)
-def fetch_page(self: Task, job_id: int, cursor: str) -> None:
+def fetch_page(self: Task, job_id: int, cursor: str, failures: int = 0) -> None:
     """Fetch and store the job's page at `cursor`, then queue its bodies and the next page."""
     claimed = False
     try:
@@ -208,7 +229,7 @@ def _requeue(task: Task, job_id: int, killmail_ids: list[int]) -> None:
 
 
 @shared_task(**TASK_OPTIONS)
-def fetch_bodies(self: Task, job_id: int, killmail_ids: list[int]) -> None:
+def fetch_bodies(self: Task, job_id: int, killmail_ids: list[int], failures: int = 0) -> None:
     """Fetch pending killmail bodies from ESI and store them."""
     try:
         _fetch_bodies(self, job_id, killmail_ids)
@@ -230,7 +251,7 @@ def _fetch_bodies(self: Task, job_id: int, killmail_ids: list[int]) -> None:
             services.note_error(job_id, str(exc))
             _requeue(self, job_id, left)
             return
-        if self.request.retries < self.max_retries:
+        if _failures(self) < self.max_retries:
             services.note_error(job_id, str(exc))
             _retry(self, job_id, exc)
             return
