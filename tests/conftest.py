@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django.contrib.auth.models import Permission
+from django.test import Client
 
 from tests.fakeupstream.server import FakeUpstream
 from tests.fakeupstream.world import World
@@ -78,3 +80,18 @@ def fake(world: World, settings: Any) -> Iterator[FakeUpstream]:
         settings.ESI_URL = upstream.esi_url
         settings.ZKILLBOARD_REQUESTS_PER_SECOND = 1e6
         yield upstream
+
+
+def logged_in_client(
+    user_model: Any, *permissions: str, staff: bool = True, username: str = "staff"
+) -> Client:
+    """A test client logged in as a user holding exactly `permissions` ("app.codename")."""
+    user = user_model.objects.create_user(username, password="pw", is_staff=staff)
+    for name in permissions:
+        app_label, codename = name.split(".")
+        user.user_permissions.add(
+            Permission.objects.get(content_type__app_label=app_label, codename=codename)
+        )
+    client = Client()
+    client.force_login(user)
+    return client

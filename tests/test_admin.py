@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from django.contrib.auth.models import Permission
 from django.test import Client
 from django.urls import reverse
 
@@ -14,6 +13,7 @@ from backfill import services
 from backfill.models import BackfillJob, FailedKillmail
 from killboard.ingest import ingest_killmails
 from killboard.models import Character, ItemType, Killmail, Participant, SolarSystem
+from tests.conftest import logged_in_client
 from tests.factories import CharacterFactory, KillmailFactory
 
 pytestmark = pytest.mark.django_db
@@ -23,19 +23,6 @@ JOBS = reverse("admin:backfill_backfilljob_changelist")
 ADD_JOB = reverse("admin:backfill_backfilljob_add")
 CHARACTERS = reverse("admin:killboard_character_changelist")
 KILLMAILS = reverse("admin:killboard_killmail_changelist")
-
-
-def staff_client(django_user_model: Any, *permissions: str) -> Client:
-    """A client logged in as staff holding exactly `permissions` ("app.codename")."""
-    user = django_user_model.objects.create_user("staff", password="pw", is_staff=True)
-    for name in permissions:
-        app_label, codename = name.split(".")
-        user.user_permissions.add(
-            Permission.objects.get(content_type__app_label=app_label, codename=codename)
-        )
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 def stored_killmails(count: int = 3) -> list[dict[str, Any]]:
@@ -138,7 +125,7 @@ def test_killmails_cannot_be_added_changed_or_deleted(admin_client: Client):
 
 def test_staff_without_view_permission_cannot_see_killmails(django_user_model: Any):
     stored_killmails(1)
-    client = staff_client(django_user_model)
+    client = logged_in_client(django_user_model)
 
     assert client.get(KILLMAILS).status_code == 403
 
@@ -196,7 +183,7 @@ def test_reenrich_fetches_the_selected_characters_again(admin_client: Client, fa
 
 def test_reenrich_needs_the_change_permission(django_user_model: Any):
     Character.objects.create(id=CHARACTER)
-    client = staff_client(django_user_model, "killboard.view_character")
+    client = logged_in_client(django_user_model, "killboard.view_character")
 
     assert "re_enrich" not in action_names(client, CHARACTERS)
 
@@ -243,7 +230,7 @@ def test_add_job_starts_a_backfill_of_any_character_id(admin_client: Client, fak
 
 
 def test_starting_jobs_needs_the_start_backfill_permission(django_user_model: Any):
-    client = staff_client(
+    client = logged_in_client(
         django_user_model, "backfill.add_backfilljob", "backfill.view_backfilljob"
     )
 
@@ -340,7 +327,7 @@ def test_job_page_shows_its_failures(admin_client: Client):
 
 def test_resume_and_retry_need_the_start_backfill_permission(django_user_model: Any):
     services.create_job(CHARACTER)
-    client = staff_client(
+    client = logged_in_client(
         django_user_model, "backfill.view_backfilljob", "backfill.change_backfilljob"
     )
 
@@ -408,7 +395,7 @@ def test_backfill_character_starts_one_job_per_character(admin_client: Client, f
 
 def test_backfill_character_needs_the_start_backfill_permission(django_user_model: Any):
     character = CharacterFactory()
-    client = staff_client(
+    client = logged_in_client(
         django_user_model, "killboard.view_character", "killboard.change_character"
     )
 

@@ -23,7 +23,6 @@ from typing import Any
 
 import pytest
 from django.contrib import admin
-from django.contrib.auth.models import Permission
 from django.test import Client
 from django.urls import reverse
 
@@ -31,6 +30,7 @@ from api.models import ApiToken
 from backfill import services
 from backfill.models import BackfillJob, FailedKillmail
 from killboard.models import Character
+from tests.conftest import logged_in_client
 
 pytestmark = pytest.mark.django_db
 
@@ -107,25 +107,13 @@ WRITE_PATHS: dict[str, tuple[str, Any]] = {
 }
 
 
-def user_client(django_user_model: Any, *, staff: bool, permissions: tuple[str, ...]) -> Client:
-    user = django_user_model.objects.create_user("someone", password="pw", is_staff=staff)
-    for name in permissions:
-        app_label, codename = name.split(".")
-        user.user_permissions.add(
-            Permission.objects.get(content_type__app_label=app_label, codename=codename)
-        )
-    client = Client()
-    client.force_login(user)
-    return client
-
-
 @pytest.fixture(params=["anonymous", "not staff", "staff without the permission"])
 def outsider(request: Any, django_user_model: Any) -> Client:
     """A client that must not be able to write."""
     if request.param == "anonymous":
         return Client()
     staff = request.param != "not staff"
-    return user_client(django_user_model, staff=staff, permissions=VIEW_PERMISSIONS)
+    return logged_in_client(django_user_model, *VIEW_PERMISSIONS, staff=staff, username="someone")
 
 
 @pytest.mark.parametrize("path", WRITE_PATHS)
@@ -198,14 +186,16 @@ def test_graphql_refuses_anonymous_mutations(client: Client):
 
 
 def test_graphql_refuses_mutations_of_non_staff_sessions(django_user_model: Any):
-    client = user_client(django_user_model, staff=False, permissions=("backfill.start_backfill",))
+    client = logged_in_client(
+        django_user_model, "backfill.start_backfill", staff=False, username="someone"
+    )
 
     assert graphql(client, MUTATION).status_code == 401
     assert not BackfillJob.objects.exists()
 
 
 def test_graphql_refuses_mutations_without_the_permission(django_user_model: Any):
-    staff = user_client(django_user_model, staff=True, permissions=VIEW_PERMISSIONS)
+    staff = logged_in_client(django_user_model, *VIEW_PERMISSIONS, username="someone")
     user = django_user_model.objects.get(username="someone")
     _, token = ApiToken.objects.issue(user, "read-only bot")
 
