@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import psycopg
 from django.db import connection, reset_queries, transaction
 from django.db.models import Model
 from django.utils import timezone
@@ -86,8 +87,6 @@ KILLMAIL_TYPES = (
     "jsonb",
     "jsonb",
 )
-# Positions in KILLMAIL_COLUMNS of float columns, whose JSON values may be integers.
-FLOAT_COLUMNS = tuple(i for i, sql_type in enumerate(KILLMAIL_TYPES) if sql_type == "float8")
 # zkb keys stored in their own columns, in KILLMAIL_COLUMNS order after killmail_hash.
 ZKB_COLUMNS = {
     "locationID": "location_id",
@@ -223,35 +222,53 @@ def validate_record(record: Any) -> tuple[Mapping[str, Any], Mapping[str, Any] |
 
 @dataclass
 class _Batch:
-    """A batch validated and rid of in-batch duplicates: what `_store` writes."""
+    """A batch validated, rid of in-batch duplicates and turned into rows: what `_store` writes.
 
-    killmails: dict[int, tuple[Mapping[str, Any], Mapping[str, Any] | None]]
+    Building the rows is Python work with no database in it, so `ingest_stream` does it in
+    its reader thread while the server is busy writing the batch before.
+    """
+
     result: IngestResult
+    # In killmail id order; a killmail row is KILLMAIL_COLUMNS without created_at.
+    killmails: list[list[Any]] = field(default_factory=list)
+    participants: list[tuple] = field(default_factory=list)
+    items: list[tuple] = field(default_factory=list)
+    # Sorted ids of every entity the killmails reference, by entity model.
+    entities: dict[type[Model], list[int]] = field(default_factory=dict)
 
 
 def _prepare(records: Iterable[Any]) -> _Batch:
-    """Validate a batch (no database work, so it can run beside the writing of another)."""
-    batch = _Batch({}, IngestResult())
+    """Validate a batch and build its rows (no database work)."""
+    result = IngestResult()
+    valid: dict[int, tuple[Mapping[str, Any], Mapping[str, Any] | None]] = {}
     for record in records:
         try:
             body, zkb = validate_record(record)
         except InvalidKillmail as exc:
-            batch.result.rejected.append(Rejection(exc.killmail_id, str(exc)))
+            result.rejected.append(Rejection(exc.killmail_id, str(exc)))
             continue
         killmail_id = body["killmail_id"]
-        if killmail_id in batch.killmails:
-            batch.result.existing_ids.append(killmail_id)
+        if killmail_id in valid:
+            result.existing_ids.append(killmail_id)
         else:
-            batch.killmails[killmail_id] = (body, zkb)
+            valid[killmail_id] = (body, zkb)
+    batch = _Batch(result)
+    for killmail_id in sorted(valid):
+        body, zkb = valid[killmail_id]
+        time = connection.ops.adapt_datetimefield_value(parse_time(body["killmail_time"]))
+        batch.killmails.append(_killmail_row(body, zkb, time))
+        batch.participants.extend(_participant_rows(body, time))
+        batch.items.extend(_item_rows(body))
+    batch.entities = _entity_ids([body for body, _ in valid.values()])
     return batch
 
 
 def _store(batch: _Batch, *, durable: bool = True) -> IngestResult:
     """Write a prepared batch in one transaction; report what happened."""
-    result, killmails = batch.result, batch.killmails
+    result = batch.result
     for rejection in result.rejected:
         logger.warning("Rejected %s", rejection)
-    if not killmails:
+    if not batch.killmails:
         return result
     with transaction.atomic():
         if not durable and connection.vendor == "postgresql":
@@ -259,16 +276,21 @@ def _store(batch: _Batch, *, durable: bool = True) -> IngestResult:
             # never half a batch, and the commit need not wait for the disk.
             with connection.cursor() as cursor:
                 cursor.execute("SET LOCAL synchronous_commit TO OFF")
-        _register_entities(body for body, _ in killmails.values())
-        inserted = _insert_killmails([killmails[killmail_id] for killmail_id in sorted(killmails)])
-        _insert_children([killmails[killmail_id][0] for killmail_id in sorted(inserted)])
-        if inserted:
-            new_ids = sorted(inserted)
+        _register_entities(batch.entities)
+        inserted = _insert_killmails(batch.killmails)
+        participants, items = batch.participants, batch.items
+        if len(inserted) < len(batch.killmails):
+            participants = [row for row in participants if row[0] in inserted]
+            items = [row for row in items if row[0] in inserted]
+        _write_rows(Participant, PARTICIPANT_COLUMNS, PARTICIPANT_TYPES, participants)
+        _write_rows(Item, ITEM_COLUMNS, ITEM_TYPES, items)
+        new_ids = sorted(inserted)
+        if new_ids:
             transaction.on_commit(
                 lambda: killmails_stored.send(sender=Killmail, killmail_ids=new_ids)
             )
-    result.new_ids.extend(sorted(inserted))
-    result.existing_ids.extend(sorted(killmails.keys() - inserted))
+    result.new_ids.extend(new_ids)
+    result.existing_ids.extend(row[0] for row in batch.killmails if row[0] not in inserted)
     return result
 
 
@@ -288,9 +310,8 @@ def _walk_items(items: Iterable[Mapping[str, Any]]) -> Iterator[tuple[Mapping[st
             yield content, True
 
 
-def _register_entities(bodies: Iterable[Mapping[str, Any]]) -> None:
-    """Create a nameless row for every entity the bodies reference, for enrichment."""
-    bodies = list(bodies)
+def _entity_ids(bodies: list[Mapping[str, Any]]) -> dict[type[Model], list[int]]:
+    """The sorted ids of every entity the bodies reference, by model."""
     participants = [p for body in bodies for p in (body["victim"], *body["attackers"])]
     ids: dict[type[Model], set[int]] = {
         model: {p[key] for p in participants for key in keys if key in p}
@@ -302,17 +323,31 @@ def _register_entities(bodies: Iterable[Mapping[str, Any]]) -> None:
         for body in bodies
         for item, _ in _walk_items(body["victim"].get("items", ()))
     )
-    for model, model_ids in ids.items():
-        if not model_ids:
-            continue
+    return {model: sorted(model_ids) for model, model_ids in ids.items() if model_ids}
+
+
+def _register_entities(entities: dict[type[Model], list[int]]) -> None:
+    """Create a nameless row for every entity not stored yet, for enrichment."""
+    for model, ids in entities.items():
         if connection.vendor == "postgresql":
-            _insert_entity_ids(model, sorted(model_ids))
+            _insert_entity_ids(model, ids)
         else:
             model.objects.bulk_create(
-                [model(id=entity_id) for entity_id in sorted(model_ids)],
+                [model(id=entity_id) for entity_id in ids],
                 ignore_conflicts=True,
                 batch_size=INSERT_CHUNK,
             )
+
+
+def _execute_binary(sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
+    """PostgreSQL: run one statement with its `%b` parameters bound by the server in binary.
+
+    Django's cursors interpolate parameters into the statement's text; an array of a
+    thousand ids is dumped as text several times slower than in binary.
+    """
+    with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchall() if cursor.description else []
 
 
 def _insert_entity_ids(model: type[Model], ids: list[int]) -> None:
@@ -326,18 +361,22 @@ def _insert_entity_ids(model: type[Model], ids: list[int]) -> None:
         auto_now = getattr(model_field, "auto_now_add", False)
         values.append(now if auto_now else model_field.get_default())
     table = connection.ops.quote_name(model._meta.db_table)
-    # One array parameter instead of a VALUES row per id: the statement stays short, so
-    # neither Django's ORM nor psycopg spends time building and converting a huge query.
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"INSERT INTO {table} (id, {', '.join(columns)}) "
-            f"SELECT id, {', '.join(['%s'] * len(values))} FROM unnest(%s::bigint[]) AS id "
-            "ORDER BY id ON CONFLICT (id) DO NOTHING",
-            [*values, ids],
-        )
+    # One array parameter instead of a VALUES row per id: a short statement.
+    _execute_binary(
+        f"INSERT INTO {table} (id, {', '.join(columns)}) "
+        f"SELECT id, {', '.join(['%s'] * len(values))} FROM unnest(%b::bigint[]) AS id "
+        "ORDER BY id ON CONFLICT (id) DO NOTHING",
+        [*values, ids],
+    )
 
 
-def _killmail_row(body: Mapping[str, Any], zkb: Mapping[str, Any] | None, now: Any) -> list[Any]:
+def _float(value: int | float | None) -> float | None:
+    """A JSON number for a float column (JSON writes whole numbers as integers)."""
+    return None if value is None else float(value)
+
+
+def _killmail_row(body: Mapping[str, Any], zkb: Mapping[str, Any] | None, time: Any) -> list[Any]:
+    """KILLMAIL_COLUMNS but created_at, for one killmail."""
     zkb = zkb or {}
     position = body["victim"].get("position") or {}
     other = {key: value for key, value in zkb.items() if key not in ZKB}
@@ -345,123 +384,122 @@ def _killmail_row(body: Mapping[str, Any], zkb: Mapping[str, Any] | None, now: A
     json_field = Killmail._meta.get_field("labels")
     return [
         body["killmail_id"],
-        connection.ops.adapt_datetimefield_value(parse_time(body["killmail_time"])),
+        time,
         body["solar_system_id"],
         body.get("moon_id"),
         body.get("war_id"),
-        position.get("x"),
-        position.get("y"),
-        position.get("z"),
+        _float(position.get("x")),
+        _float(position.get("y")),
+        _float(position.get("z")),
         zkb.get("hash", ""),
-        *(zkb.get(key) for key in ZKB_COLUMNS if key != "labels"),
+        zkb.get("locationID"),
+        _float(zkb.get("fittedValue")),
+        _float(zkb.get("droppedValue")),
+        _float(zkb.get("destroyedValue")),
+        _float(zkb.get("totalValue")),
+        _float(zkb.get("totalDroppableValue")),
+        zkb.get("points"),
+        zkb.get("npc"),
+        zkb.get("solo"),
+        zkb.get("awox"),
         json_field.get_db_prep_save(labels, connection) if labels is not None else None,
         json_field.get_db_prep_save(other, connection) if other else None,
-        now,
     ]
 
 
-def _insert_killmails(
-    killmails: list[tuple[Mapping[str, Any], Mapping[str, Any] | None]],
-) -> set[int]:
+def _insert_killmails(rows: list[list[Any]]) -> set[int]:
     """Insert killmail rows that are not stored yet; return the ids this call inserted."""
     now = connection.ops.adapt_datetimefield_value(timezone.now())
     table = connection.ops.quote_name(Killmail._meta.db_table)
     columns = ", ".join(KILLMAIL_COLUMNS)
+    if connection.vendor == "postgresql":
+        # One array per column, zipped back into rows by unnest(): a short statement with
+        # 22 parameters instead of 22 per row.
+        arrays = [list(column) for column in zip(*rows, strict=True)]
+        unnest = ", ".join(f"%b::{sql_type}[]" for sql_type in KILLMAIL_TYPES)
+        returned = _execute_binary(
+            f"INSERT INTO {table} ({columns}) SELECT *, %s FROM unnest({unnest}) "
+            "ON CONFLICT (killmail_id) DO NOTHING RETURNING killmail_id",
+            [now, *arrays],
+        )
+        return {killmail_id for (killmail_id,) in returned}
     inserted: set[int] = set()
+    row_sql = f"({', '.join(['%s'] * len(KILLMAIL_COLUMNS))})"
     with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            # One array per column (unnest zips them back into rows): a short statement
-            # with 22 parameters instead of 22 per row, which psycopg would have to rewrite.
-            rows = [_killmail_row(body, zkb, now)[:-1] for body, zkb in killmails]
-            arrays = [list(column) for column in zip(*rows, strict=True)]
-            for index in FLOAT_COLUMNS:
-                arrays[index] = [None if v is None else float(v) for v in arrays[index]]
-            unnest = ", ".join(f"%s::{sql_type}[]" for sql_type in KILLMAIL_TYPES)
-            cursor.execute(
-                f"INSERT INTO {table} ({columns}) SELECT *, %s FROM unnest({unnest}) "
-                "ON CONFLICT (killmail_id) DO NOTHING RETURNING killmail_id",
-                [now, *arrays],
-            )
-            return {row[0] for row in cursor.fetchall()}
-        row_sql = f"({', '.join(['%s'] * len(KILLMAIL_COLUMNS))})"
-        for start in range(0, len(killmails), INSERT_CHUNK):
-            chunk = killmails[start : start + INSERT_CHUNK]
-            params = [value for body, zkb in chunk for value in _killmail_row(body, zkb, now)]
+        for start in range(0, len(rows), INSERT_CHUNK):
+            chunk = rows[start : start + INSERT_CHUNK]
             cursor.execute(
                 f"INSERT INTO {table} ({columns}) VALUES {', '.join([row_sql] * len(chunk))} "
                 "ON CONFLICT (killmail_id) DO NOTHING RETURNING killmail_id",
-                params,
+                [value for row in chunk for value in (*row, now)],
             )
-            inserted.update(row[0] for row in cursor.fetchall())
+            inserted.update(killmail_id for (killmail_id,) in cursor.fetchall())
     return inserted
 
 
-def _child_rows(bodies: Iterable[Mapping[str, Any]]) -> tuple[list[tuple], list[tuple]]:
-    participants: list[tuple] = []
-    items: list[tuple] = []
-    for body in bodies:
-        killmail_id = body["killmail_id"]
-        time = connection.ops.adapt_datetimefield_value(parse_time(body["killmail_time"]))
-        victim = body["victim"]
-        participants.append(
+def _participant_rows(body: Mapping[str, Any], time: Any) -> list[tuple]:
+    """PARTICIPANT_COLUMNS for the victim and each attacker of one killmail."""
+    killmail_id = body["killmail_id"]
+    victim = body["victim"]
+    rows = [
+        (
+            killmail_id,
+            time,
+            True,
+            0,
+            victim.get("character_id"),
+            victim.get("corporation_id"),
+            victim.get("alliance_id"),
+            victim.get("faction_id"),
+            victim["ship_type_id"],
+            None,
+            victim["damage_taken"],
+            None,
+            None,
+        )
+    ]
+    for ordinal, attacker in enumerate(body["attackers"]):
+        rows.append(
             (
                 killmail_id,
                 time,
-                True,
-                0,
-                victim.get("character_id"),
-                victim.get("corporation_id"),
-                victim.get("alliance_id"),
-                victim.get("faction_id"),
-                victim["ship_type_id"],
-                None,
-                victim["damage_taken"],
-                None,
-                None,
+                False,
+                ordinal,
+                attacker.get("character_id"),
+                attacker.get("corporation_id"),
+                attacker.get("alliance_id"),
+                attacker.get("faction_id"),
+                attacker.get("ship_type_id"),
+                attacker.get("weapon_type_id"),
+                attacker["damage_done"],
+                attacker["final_blow"],
+                _float(attacker["security_status"]),
             )
         )
-        for ordinal, attacker in enumerate(body["attackers"]):
-            participants.append(
-                (
-                    killmail_id,
-                    time,
-                    False,
-                    ordinal,
-                    attacker.get("character_id"),
-                    attacker.get("corporation_id"),
-                    attacker.get("alliance_id"),
-                    attacker.get("faction_id"),
-                    attacker.get("ship_type_id"),
-                    attacker.get("weapon_type_id"),
-                    attacker["damage_done"],
-                    attacker["final_blow"],
-                    attacker["security_status"],
-                )
-            )
-        container = None
-        for ordinal, (item, is_content) in enumerate(_walk_items(victim.get("items", ()))):
-            if not is_content:
-                container = ordinal
-            items.append(
-                (
-                    killmail_id,
-                    ordinal,
-                    container if is_content else None,
-                    item["item_type_id"],
-                    item["flag"],
-                    item["singleton"],
-                    item.get("quantity_destroyed"),
-                    item.get("quantity_dropped"),
-                )
-            )
-    return participants, items
+    return rows
 
 
-def _insert_children(bodies: list[Mapping[str, Any]]) -> None:
-    """Write the participants and items of killmails this transaction has just inserted."""
-    participants, items = _child_rows(bodies)
-    _write_rows(Participant, PARTICIPANT_COLUMNS, PARTICIPANT_TYPES, participants)
-    _write_rows(Item, ITEM_COLUMNS, ITEM_TYPES, items)
+def _item_rows(body: Mapping[str, Any]) -> list[tuple]:
+    """ITEM_COLUMNS for each item of one killmail, container contents after their container."""
+    killmail_id = body["killmail_id"]
+    rows = []
+    container = None
+    for ordinal, (item, is_content) in enumerate(_walk_items(body["victim"].get("items", ()))):
+        if not is_content:
+            container = ordinal
+        rows.append(
+            (
+                killmail_id,
+                ordinal,
+                container if is_content else None,
+                item["item_type_id"],
+                item["flag"],
+                item["singleton"],
+                item.get("quantity_destroyed"),
+                item.get("quantity_dropped"),
+            )
+        )
+    return rows
 
 
 def _write_rows(
@@ -490,9 +528,9 @@ def _write_rows(
 def ingest_stream(records: Iterable[Any], batch_size: int = INSERT_CHUNK) -> IngestResult:
     """Ingest an iterable of any length in batches of `batch_size`, one transaction each.
 
-    A thread reads and validates the next batch while this one writes the current batch
-    (mostly waiting for the server). When reading fails half-way (a broken file), the whole
-    records read before the failure are stored, then the error goes on.
+    A thread reads, validates and turns into rows the next batch while this one writes the
+    current batch (mostly waiting for the server). When reading fails half-way (a broken
+    file), the whole records read before the failure are stored, then the error goes on.
     """
     prepared: queue.Queue[_Batch | BaseException | None] = queue.Queue(maxsize=2)
 

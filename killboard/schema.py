@@ -185,8 +185,16 @@ def _check_items(items: Any, path: str, depth: int) -> None:
             _check_items(item["items"], f"{item_path}.items", depth + 1)
 
 
-def _fits(value: Any, fields: dict[str, tuple[Check, bool]], nested: frozenset[str]) -> bool:
-    """Whether `value` is a dict that `_check_object` would accept (never a false yes)."""
+def _fits(
+    value: Any,
+    fields: dict[str, tuple[Check, bool]],
+    required: frozenset[str],
+    nested: frozenset[str],
+) -> bool:
+    """Whether `value` is a dict that `_check_object` would accept (never a false yes).
+
+    `required` is `_required(fields)`, computed once.
+    """
     if type(value) is not dict:
         return False
     for key, item in value.items():
@@ -205,9 +213,18 @@ def _fits(value: Any, fields: dict[str, tuple[Check, bool]], nested: frozenset[s
                 return False
         elif check(item) is not None:
             return False
-    return all(key in value for key, (_, required) in fields.items() if required)
+    return required <= value.keys()
 
 
+def _required(fields: dict[str, tuple[Check, bool]]) -> frozenset[str]:
+    return frozenset(key for key, (_, required) in fields.items() if required)
+
+
+_KILLMAIL_REQUIRED = _required(KILLMAIL)
+_VICTIM_REQUIRED = _required(VICTIM)
+_POSITION_REQUIRED = _required(POSITION)
+_ITEM_REQUIRED = _required(ITEM)
+_ATTACKER_REQUIRED = _required(ATTACKER)
 _ITEM_NESTED = frozenset({"items"})
 _NOTHING: frozenset[str] = frozenset()
 _VICTIM_NESTED = frozenset({"position", "items"})
@@ -216,28 +233,32 @@ _KILLMAIL_NESTED = frozenset({"victim", "attackers"})
 
 def _body_fits(body: Any) -> bool:
     """Whether `validate_body` would accept the body: one quick pass, without messages."""
-    if not _fits(body, KILLMAIL, _KILLMAIL_NESTED):
+    if not _fits(body, KILLMAIL, _KILLMAIL_REQUIRED, _KILLMAIL_NESTED):
         return False
     victim, attackers = body.get("victim"), body.get("attackers")
-    if not _fits(victim, VICTIM, _VICTIM_NESTED):
+    if not _fits(victim, VICTIM, _VICTIM_REQUIRED, _VICTIM_NESTED):
         return False
-    if "position" in victim and not _fits(victim["position"], POSITION, _NOTHING):
+    if "position" in victim and not _fits(
+        victim["position"], POSITION, _POSITION_REQUIRED, _NOTHING
+    ):
         return False
     items = victim.get("items", [None])
     if type(items) is not list or not items:
         return False
     if "items" in victim:
         for item in items:
-            if not _fits(item, ITEM, _ITEM_NESTED):
+            if not _fits(item, ITEM, _ITEM_REQUIRED, _ITEM_NESTED):
                 return False
             contents = item.get("items", [None])
             if type(contents) is not list or not contents:
                 return False
-            if "items" in item and not all(_fits(c, ITEM, _NOTHING) for c in contents):
+            if "items" in item and not all(
+                _fits(c, ITEM, _ITEM_REQUIRED, _NOTHING) for c in contents
+            ):
                 return False
     if type(attackers) is not list or not attackers:
         return False
-    return all(_fits(attacker, ATTACKER, _NOTHING) for attacker in attackers)
+    return all(_fits(attacker, ATTACKER, _ATTACKER_REQUIRED, _NOTHING) for attacker in attackers)
 
 
 def validate_body(body: Any) -> None:

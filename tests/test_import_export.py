@@ -14,6 +14,7 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from killboard.models import Item, Killmail, Participant
+from killboard.readers import read_records
 from tests.conftest import UPSTREAM, load
 from tests.factories import KillmailFactory
 
@@ -90,6 +91,33 @@ def test_every_file_shape_imports(tmp_path, shape):
 
     assert "3 new" in run("import_killmails", str(path))
     assert Killmail.objects.count() == 3
+
+
+def test_json_lines_read_whatever_each_line_holds(tmp_path):
+    # NaN, an integer beyond 64 bits, a day dump, an object spread over lines, and a last
+    # line without a newline, between plain lines.
+    first, second, third = (KillmailFactory() for _ in range(3))
+    lines = [
+        json.dumps(first),
+        json.dumps({**second, "war_id": float("nan")}),
+        json.dumps({**third, "moon_id": 2**70}),
+        json.dumps({"130678514": "145c457c34ce9c9e8d67e942e764d8f439b22271"}),
+        json.dumps(first, indent=2),
+        json.dumps(second),
+    ]
+    path = tmp_path / "in.jsonl"
+    path.write_text("\n".join(lines))
+    expected = [
+        first,
+        {**second, "war_id": float("nan")},
+        {**third, "moon_id": 2**70},
+        {"killmail_id": 130678514, "zkb": {"hash": "145c457c34ce9c9e8d67e942e764d8f439b22271"}},
+        first,
+        second,
+    ]
+
+    # Through json.dumps: NaN is not equal to itself, but it is written the same.
+    assert list(map(json.dumps, read_records(path))) == list(map(json.dumps, expected))
 
 
 def test_hash_only_day_dump_entries_are_rejected_as_bodiless(tmp_path):
