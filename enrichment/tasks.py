@@ -3,8 +3,9 @@
 Queues (config/settings.py CELERY_TASK_ROUTES): names and characters on
 `esi_character_info_queue`, then one queue per detail kind. Every task is idempotent (it
 works from what the database says is due), so all run with acks_late. Transient ESI failures
-retry with backoff and jitter; a rate limit retries when ESI says; permanent errors are
-written on the entity (retry time, not_found) by the services, never retried.
+and a lost database connection retry with backoff and jitter; a rate limit retries when ESI
+says; permanent errors are written on the entity (retry time, not_found) by the services,
+never retried.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any, TypeVar
 from celery import Task, shared_task
 from celery.utils.time import get_exponential_backoff_interval
 from django.conf import settings
-from django.db import transaction
+from django.db import InterfaceError, OperationalError, connection, transaction
 
 from enrichment import services
 from enrichment.esi import EsiUnavailable
@@ -35,6 +36,9 @@ TASK_OPTIONS: dict[str, Any] = {
     "retry_backoff_max": 600,
     "retry_jitter": True,
 }
+# A lost database connection (a restart, a failover, a terminated backend): the service's
+# work rolled back with it, and is redone on a fresh connection.
+DATABASE_ERRORS = (OperationalError, InterfaceError)
 # Waits for a rate limit are as long as ESI says, and cost ESI nothing; bounded all the same.
 RATE_LIMITED_MAX_RETRIES = 30
 DETAIL_BATCH = 25  # ids per detail task: short tasks leave worker slots to the backfill
@@ -67,7 +71,9 @@ def _call(task: Task, service: Callable[[], T]) -> T:
                 ) from exc
             if attempts >= RATE_LIMITED_MAX_RETRIES:
                 raise
-        except EsiUnavailable as exc:
+        except (EsiUnavailable, *DATABASE_ERRORS) as exc:
+            if isinstance(exc, DATABASE_ERRORS) and not connection.in_atomic_block:
+                connection.close()  # the next query opens a fresh one
             retries = attempts if task.request.is_eager else task.request.retries
             countdown = get_exponential_backoff_interval(
                 task.retry_backoff, retries, task.retry_backoff_max, task.retry_jitter

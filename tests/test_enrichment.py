@@ -11,6 +11,7 @@ from datetime import timedelta
 import pytest
 from django.conf import settings as django_settings
 from django.core.management import call_command
+from django.db import OperationalError
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
@@ -236,6 +237,29 @@ def test_detail_404_marks_the_entity_not_found(upstream: FakeUpstream) -> None:
     assert services.enrich_details("corporation", [unknown.id]).unknown == 1
     assert services.stale_entities("corporation", timedelta(0), 10) == []
     assert upstream.stats()["esi_corporations"] == 1
+
+
+@embedded_only
+def test_a_lost_database_connection_retries_the_detail_task(upstream: FakeUpstream, monkeypatch):
+    corporation = CorporationFactory(id=98_000_001, name="", details_updated_at=None)
+    enrich_details = services.enrich_details
+    calls = []
+
+    def lose_the_first_connection(kind: str, ids: list[int]) -> services.DetailResult:
+        calls.append(ids)
+        if len(calls) == 1:
+            raise OperationalError("server closed the connection unexpectedly")
+        return enrich_details(kind, ids)
+
+    monkeypatch.setattr(services, "enrich_details", lose_the_first_connection)
+    monkeypatch.setattr(tasks.time, "sleep", lambda seconds: None)
+
+    outcome = tasks.enrich_corporations.apply(args=[[corporation.id]])
+
+    assert outcome.successful(), outcome.traceback
+    assert calls == [[corporation.id], [corporation.id]]
+    corporation.refresh_from_db()
+    assert corporation.details_updated_at is not None
 
 
 def test_refresh_takes_the_oldest_details_first_in_bounded_batches() -> None:
