@@ -19,10 +19,11 @@ from django.db import connection
 
 from backfill.models import BackfillJob, FailedKillmail, PendingKillmail
 from killboard.models import Killmail
-from tests import workers
 from tests.workers import (
+    BACKFILL_QUEUES,
     all_finished,
     expected_rows,
+    purge_queues,
     queue_backfill,
     require_services,
     restart_rabbitmq,
@@ -38,6 +39,10 @@ CHARACTER = 2117325769
 # A year of history ending after 2026-06-27: pages carry bodies for the newest third, and
 # the older two thirds need ESI.
 DAYS = 365
+# Workers take only the backfill queues, like the Procfile's worker_backfill: enrichment of
+# the thousands of entities these killmails name would double the ESI traffic, and with it
+# the injected faults and the time, proving nothing more here.
+WORKER_QUEUES = BACKFILL_QUEUES
 
 
 @pytest.fixture(autouse=True)
@@ -46,16 +51,10 @@ def _services() -> None:
 
 
 @pytest.fixture(autouse=True)
-def _backfill_workers_only(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Workers like the Procfile's worker_backfill: pages and bodies, no enrichment.
-
-    Enrichment of the thousands of entities these killmails name would double the ESI
-    traffic, and with it the injected faults and the time, proving nothing more here.
-    """
-    monkeypatch.setattr(workers, "QUEUES", ("zkillboard_backfill", "esi_killmail"))
+def _purge_enrichment_tasks() -> Iterator[None]:
+    """Drop the enrichment tasks the stored killmails queued, which no worker here takes."""
     yield
-    monkeypatch.undo()
-    workers.purge_queues()  # the enrichment tasks the stored killmails queued
+    purge_queues()
 
 
 def stored_at_least(count: int) -> Any:
@@ -112,7 +111,7 @@ def test_faulty_upstreams_cost_retries_not_killmails(fake, world):
     env = service_env(fake, ZKILLBOARD_REQUESTS_PER_SECOND="1000", BACKFILL_LEASE_SECONDS="30")
     started = time.monotonic()
 
-    with running_workers(env, count=2):
+    with running_workers(env, count=2, queues=WORKER_QUEUES):
         job_id = queue_backfill(env, CHARACTER)
         wait_for(stored_at_least(2500), timeout=120)
         fake.configure(burst_429=10)
@@ -155,7 +154,7 @@ def test_killed_workers_broker_restart_and_dropped_connections_lose_nothing(fake
     terminated = 0
     started = time.monotonic()
 
-    with running_workers(env, count=2) as workers:
+    with running_workers(env, count=2, queues=WORKER_QUEUES) as workers:
         workers.start_beat(tmp_path)
         job_id = queue_backfill(env, CHARACTER)
         for moment, blow in zip(moments, blows, strict=True):
@@ -196,7 +195,7 @@ def test_concurrent_backfills_of_characters_sharing_killmails_store_each_once(fa
     fake.configure(item_shape="mixed")
     env = service_env(fake, ZKILLBOARD_REQUESTS_PER_SECOND="1000")
 
-    with running_workers(env, count=2):
+    with running_workers(env, count=2, queues=WORKER_QUEUES):
         jobs = [queue_backfill(env, pilot) for pilot in pilots]
         wait_for(all_finished, timeout=300)
 

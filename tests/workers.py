@@ -30,9 +30,10 @@ ROOT = Path(__file__).resolve().parent.parent
 # A virtual host of the tests' own, so workers of other runs (a benchmark, a dev's worker)
 # on the same RabbitMQ never take their messages.
 VHOST = "killboard_test"
+# The Procfile's worker_backfill queues, then worker_enrichment's.
+BACKFILL_QUEUES = ("zkillboard_backfill", "esi_killmail")
 QUEUES = (
-    "zkillboard_backfill",
-    "esi_killmail",
+    *BACKFILL_QUEUES,
     "esi_character_info_queue",
     "esi_corporation_info_queue",
     "esi_alliance_info_queue",
@@ -102,10 +103,11 @@ def service_env(fake: Any, **extra: str) -> dict[str, str]:
 
 
 class Workers:
-    """`celery worker` processes consuming every queue; start, kill and stop them."""
+    """`celery worker` processes consuming `queues`; start, kill and stop them."""
 
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], queues: tuple[str, ...] = QUEUES) -> None:
         self.env = env
+        self.queues = queues
         self.processes: list[subprocess.Popen[bytes]] = []
         self.beat: subprocess.Popen[bytes] | None = None
 
@@ -118,7 +120,7 @@ class Workers:
                 "config",
                 "worker",
                 "-Q",
-                ",".join(QUEUES),
+                ",".join(self.queues),
                 "-c",
                 str(concurrency),
                 "-n",
@@ -171,10 +173,15 @@ class Workers:
 
 
 @contextmanager
-def running_workers(env: dict[str, str], count: int = 2, concurrency: int = 2) -> Iterator[Workers]:
-    """Start `count` worker processes for the duration of the block."""
+def running_workers(
+    env: dict[str, str],
+    count: int = 2,
+    concurrency: int = 2,
+    queues: tuple[str, ...] = QUEUES,
+) -> Iterator[Workers]:
+    """Start `count` worker processes on `queues` for the duration of the block."""
     purge_queues()
-    workers = Workers(env)
+    workers = Workers(env, queues)
     try:
         for _ in range(count):
             workers.start(concurrency)
