@@ -343,10 +343,11 @@ def _execute_binary(sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
     """PostgreSQL: run one statement with its `%b` parameters bound by the server in binary.
 
     Django's cursors interpolate parameters into the statement's text; an array of a
-    thousand ids is dumped as text several times slower than in binary.
+    thousand ids is dumped as text several times slower than in binary. Never prepared, as
+    Django's own statements are not, so a transaction-pooling proxy in front stays safe.
     """
     with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
-        cursor.execute(sql, params)
+        cursor.execute(sql, params, prepare=False)
         return cursor.fetchall() if cursor.description else []
 
 
