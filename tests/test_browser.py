@@ -76,6 +76,8 @@ def test_admin_backfills_a_character_and_shows_it_succeeded(
     browser.find_element(By.NAME, "username").send_keys("root")
     browser.find_element(By.NAME, "password").send_keys("secret-pw")
     browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
+    # Leaving the page before the login's answer arrives would cancel it.
+    WebDriverWait(browser, WAIT_SECONDS).until(lambda driver: "/login/" not in driver.current_url)
     browser.get(f"{live_server.url}/admin/killboard/character/")
     browser.find_element(
         By.CSS_SELECTOR, f"input[name=_selected_action][value='{CHARACTER}']"
