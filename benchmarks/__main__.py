@@ -53,10 +53,9 @@ def table(rows: list[Row]) -> str:
     ]
     for row in rows:
         ratio = f"{row.ratio:.2f}" if row.ratio is not None else "-"
-        lines.append(
-            f"| {row.name} | {row.figure} | {row.target} | {ratio} | "
-            f"{'met' if row.ok else 'MISSED'} |"
-        )
+        # A row without a target is there for information: nothing to meet, unless it failed.
+        verdict = "MISSED" if not row.ok else "-" if row.target == "-" else "met"
+        lines.append(f"| {row.name} | {row.figure} | {row.target} | {ratio} | {verdict} |")
     notes = [f"- {row.name}: {row.note}" for row in rows if row.note]
     return "\n".join([*lines, "", *notes])
 
