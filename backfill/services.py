@@ -287,9 +287,18 @@ def _store_page(job: BackfillJob, items: list[PageItem]) -> dict[str, int]:
     """Store a page's killmails (inside the page's transaction); return counter increments."""
     ids = [item.killmail_id for item in items]
     stored = set(ids) - Killmail.objects.missing_ids(ids)
-    if not job.skip_existing and stored:
-        # Bodies are immutable and never fetched twice; zkb values (prices) do change.
-        update_zkb({item.killmail_id: item.zkb for item in items if item.killmail_id in stored})
+    # Bodies are immutable and never fetched twice; zkb values (prices) do change. All are
+    # refreshed without skip-existing; with it, only killmails stored without a zkb (imported
+    # from bodies alone) get the page's.
+    refresh = stored
+    if job.skip_existing and stored:
+        refresh = set(
+            Killmail.objects.filter(killmail_id__in=stored, killmail_hash="").values_list(
+                "killmail_id", flat=True
+            )
+        )
+    if refresh:
+        update_zkb({item.killmail_id: item.zkb for item in items if item.killmail_id in refresh})
     fresh = [item for item in items if item.killmail_id not in stored]
     with_body = [item for item in fresh if item.body is not None]
     older = _older_than_from_date(job, [(item.killmail_id, item.body) for item in with_body])

@@ -18,6 +18,7 @@ from backfill.zkillboard import (
     page_path,
 )
 from killboard import ratelimit
+from killboard.ingest import ingest_killmails
 from killboard.models import Item, Killmail, Participant
 from killboard.ratelimit import RateLimited
 
@@ -149,6 +150,23 @@ def test_rerun_with_skip_existing_makes_no_esi_call_and_stores_nothing(fake, wor
     assert (job.already_stored, job.stored, job.bodies_from_esi) == (250, 0, 0)
     assert fake.stats()["esi_killmails"] == esi_calls
     assert (Killmail.objects.count(), Participant.objects.count(), Item.objects.count()) == counts
+
+
+def test_skip_existing_fills_in_the_zkb_of_killmails_stored_without_one(fake, world):
+    world.add_character(CHARACTER, 30)
+    bare, priced = world.killmail_ids(CHARACTER)[:2]
+    ingest_killmails([world.body(bare), {**world.body(priced), "zkb": world.zkb(priced)}])
+    Killmail.objects.filter(killmail_id=priced).update(total_value=1.0)
+
+    job = backfill()
+
+    assert job.status == BackfillJob.Status.SUCCEEDED
+    assert job.already_stored == 2
+    filled = Killmail.objects.get(killmail_id=bare)
+    assert filled.killmail_hash == world.zkb(bare)["hash"]
+    assert filled.total_value == world.zkb(bare)["totalValue"]
+    # A killmail stored with its zkb keeps it: refreshing prices is --no-skip-existing's job.
+    assert Killmail.objects.get(killmail_id=priced).total_value == 1.0
 
 
 def test_max_pages_and_limit_bound_the_work_to_the_newest(fake, world):
