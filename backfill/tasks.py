@@ -19,7 +19,7 @@ from typing import Any
 from celery import Task, shared_task
 from celery.exceptions import Retry
 from django.conf import settings
-from django.db import InterfaceError, OperationalError, connection, transaction
+from django.db import transaction
 
 from backfill import services
 from backfill.models import BackfillJob
@@ -31,6 +31,7 @@ from backfill.zkillboard import (
 )
 from enrichment.esi import EsiClient, EsiUnavailable, default_client
 from killboard import ratelimit
+from killboard.db import DATABASE_ERRORS, drop_lost_connection
 from killboard.ratelimit import RateLimited
 
 logger = logging.getLogger(__name__)
@@ -42,9 +43,6 @@ BACKOFF_BASE = 2.0
 BACKOFF_CAP = 300.0
 # Task ids kept on a job for the admin's link to Flower.
 TASK_IDS_KEPT = 20
-# A lost database connection (a restart, a failover, a terminated backend). The step's
-# transaction rolled back with it, so the step is retried on a fresh connection.
-DATABASE_ERRORS = (OperationalError, InterfaceError)
 
 # Waits a rate limit asks for cost the upstream nothing and always end: a task may wait this
 # many times (429/420 in a row from a busy upstream) before the job fails.
@@ -166,8 +164,7 @@ def _retry_database(task: Task, job_id: int, exc: Exception, *, page_claimed: bo
     watchdog resumes the job.
     """
     logger.warning("Job %s: %s lost the database (%s); retrying", job_id, task.name, exc)
-    if not connection.in_atomic_block:
-        connection.close()
+    drop_lost_connection()
     if page_claimed:
         with contextlib.suppress(*DATABASE_ERRORS):  # still away: the lease runs out instead
             services.release_page(job_id)

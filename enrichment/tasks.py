@@ -20,10 +20,11 @@ from typing import Any, TypeVar
 from celery import Task, shared_task
 from celery.utils.time import get_exponential_backoff_interval
 from django.conf import settings
-from django.db import InterfaceError, OperationalError, connection, transaction
+from django.db import transaction
 
 from enrichment import services
 from enrichment.esi import EsiUnavailable
+from killboard.db import DATABASE_ERRORS, drop_lost_connection
 from killboard.ratelimit import RateLimited
 
 logger = logging.getLogger(__name__)
@@ -36,9 +37,6 @@ TASK_OPTIONS: dict[str, Any] = {
     "retry_backoff_max": 600,
     "retry_jitter": True,
 }
-# A lost database connection (a restart, a failover, a terminated backend): the service's
-# work rolled back with it, and is redone on a fresh connection.
-DATABASE_ERRORS = (OperationalError, InterfaceError)
 # Waits for a rate limit are as long as ESI says, and cost ESI nothing; bounded all the same.
 RATE_LIMITED_MAX_RETRIES = 30
 DETAIL_BATCH = 25  # ids per detail task: short tasks leave worker slots to the backfill
@@ -72,8 +70,8 @@ def _call(task: Task, service: Callable[[], T]) -> T:
             if attempts >= RATE_LIMITED_MAX_RETRIES:
                 raise
         except (EsiUnavailable, *DATABASE_ERRORS) as exc:
-            if isinstance(exc, DATABASE_ERRORS) and not connection.in_atomic_block:
-                connection.close()  # the next query opens a fresh one
+            if isinstance(exc, DATABASE_ERRORS):
+                drop_lost_connection()
             retries = attempts if task.request.is_eager else task.request.retries
             countdown = get_exponential_backoff_interval(
                 task.retry_backoff, retries, task.retry_backoff_max, task.retry_jitter
