@@ -286,17 +286,12 @@ def process_page(job_id: int, cursor: str, zkb: ZkillboardClient, esi: Any) -> P
 def _store_page(job: BackfillJob, items: list[PageItem]) -> dict[str, int]:
     """Store a page's killmails (inside the page's transaction); return counter increments."""
     ids = [item.killmail_id for item in items]
-    stored = set(ids) - Killmail.objects.missing_ids(ids)
+    query = Killmail.objects.filter(killmail_id__in=ids)
+    stored = dict(query.values_list("killmail_id", "killmail_hash"))  # id: hash, "" if no zkb
     # Bodies are immutable and never fetched twice; zkb values (prices) do change. All are
     # refreshed without skip-existing; with it, only killmails stored without a zkb (imported
     # from bodies alone) get the page's.
-    refresh = stored
-    if job.skip_existing and stored:
-        refresh = set(
-            Killmail.objects.filter(killmail_id__in=stored, killmail_hash="").values_list(
-                "killmail_id", flat=True
-            )
-        )
+    refresh = {i for i, stored_hash in stored.items() if not (stored_hash and job.skip_existing)}
     if refresh:
         update_zkb({item.killmail_id: item.zkb for item in items if item.killmail_id in refresh})
     fresh = [item for item in items if item.killmail_id not in stored]

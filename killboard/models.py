@@ -12,8 +12,6 @@ bulk ingest fast.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 from django.db import models
 
 
@@ -100,12 +98,6 @@ def _entity(model: type[Entity], *, required: bool = False) -> models.ForeignKey
 
 class KillmailQuerySet(models.QuerySet):
     """Queries over stored killmails."""
-
-    def missing_ids(self, ids: Iterable[int]) -> set[int]:
-        """Return the ids among `ids` that are not stored."""
-        wanted = set(ids)
-        stored = self.filter(killmail_id__in=wanted).values_list("killmail_id", flat=True)
-        return wanted.difference(stored)
 
     def involving_character(self, character_id: int) -> KillmailQuerySet:
         """Killmails where the character is the victim or an attacker, newest first."""
