@@ -13,8 +13,6 @@ import copy
 import gzip
 import io
 import json
-import subprocess
-import sys
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -33,10 +31,10 @@ from killboard.models import Item, Killmail, Participant
 from killboard.schema import InvalidKillmail
 from tests.factories import CharacterFactory, KillmailFactory
 from tests.strategies import killmails
+from tests.workers import manage
 
 pytestmark = pytest.mark.django_db
 
-ROOT = Path(__file__).resolve().parent.parent
 CHARACTER = "2117325769"
 ADD_JOB = reverse("admin:backfill_backfilljob_add")
 CHARACTERS = reverse("admin:killboard_character_changelist")
@@ -103,15 +101,7 @@ def test_cli_rejects_an_empty_character_id(value):
 def test_cli_exits_1_with_one_line_on_stderr(tmp_path):
     env = {"DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}", "PATH": "/usr/bin:/bin"}
 
-    result = subprocess.run(
-        [sys.executable, "manage.py", "backfill_character", ARABIC_123],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = manage(env, "backfill_character", ARABIC_123)
 
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [

@@ -16,7 +16,6 @@ import secrets
 import shutil
 import string
 import subprocess
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,10 +30,10 @@ from backfill import services
 from backfill.models import BackfillJob, FailedKillmail
 from killboard.models import Character
 from tests.conftest import logged_in_client
+from tests.workers import ROOT, manage
 
 pytestmark = pytest.mark.django_db
 
-ROOT = Path(__file__).resolve().parent.parent
 CHARACTER = 2117325769
 JOBS = reverse("admin:backfill_backfilljob_changelist")
 ADD_JOB = reverse("admin:backfill_backfilljob_add")
@@ -232,18 +231,6 @@ def production_env(**overrides: str) -> dict[str, str]:
     )
     env.update(overrides)
     return {k: v for k, v in env.items() if v is not None}
-
-
-def manage(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 def loaded_settings(env: dict[str, str]) -> dict[str, Any]:
