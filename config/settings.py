@@ -95,7 +95,11 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     )
     # Tests too use a file: an in-memory database shares its cache between threads (the
     # CLI's runner, the live server) with table locks that fail at once instead of waiting.
-    DATABASES["default"].setdefault("TEST", {})["NAME"] = str(BASE_DIR / "test-db.sqlite3")
+    # Named after the database, so runs on different database files never share one.
+    database_file = Path(DATABASES["default"]["NAME"])
+    DATABASES["default"].setdefault("TEST", {})["NAME"] = str(
+        database_file.with_name(f"test-{database_file.name}")
+    )
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 LANGUAGE_CODE = "en-us"
