@@ -4,6 +4,9 @@ Filters are path segments ending with "/", never a query string or a disabled mo
 zKillboard answers errors as HTTP 200 with `{"error": ...}` (permanent), 429 when over the
 rate (wait as long as it says), and a redirect to /api/blocked.json once a client has made
 too many errors (stop). Every request first takes a slot of the deployment-wide limiter.
+
+A page item's hash is passed on only when it is 40 lowercase hex digits, else as "", so one
+bad item cannot fail its whole page forever: the caller records it if it came without a body.
 """
 
 from __future__ import annotations
@@ -14,13 +17,14 @@ from typing import Any, Protocol
 
 import requests
 
-from killboard.ratelimit import RateLimited
+from killboard.ratelimit import RateLimited, capped_wait
+from killboard.shapes import HASH_PATTERN
 
 logger = logging.getLogger(__name__)
 
 # Seconds to connect and to wait for an answer; zKillboard pages are cached, so answers are fast.
 TIMEOUT = (5.0, 30.0)
-# Seconds to wait when a 429 comes without Retry-After.
+# Seconds to wait when a 429 comes without a usable Retry-After.
 DEFAULT_RETRY_AFTER = 10.0
 LIMIT_NAME = "zkillboard"
 
@@ -51,7 +55,10 @@ class Limiter(Protocol):
 
 @dataclass(frozen=True)
 class PageItem:
-    """One killmail of a page: its id and zkb, and its ESI body when the page carries it."""
+    """One killmail of a page: its id and zkb, and its ESI body when the page carries it.
+
+    `killmail_hash` is "" when zkb's hash is not 40 lowercase hex digits; `zkb` keeps it as is.
+    """
 
     killmail_id: int
     killmail_hash: str
@@ -81,8 +88,8 @@ def _item(raw: Any) -> PageItem:
     if type(killmail_id) is not int or not isinstance(zkb, dict):
         raise ZkillboardUnavailable(f"page item lacks killmail_id or zkb: {raw!r:.80}")
     killmail_hash = zkb.get("hash")
-    if not isinstance(killmail_hash, str):
-        raise ZkillboardUnavailable(f"killmail {killmail_id} has no hash")
+    if not (isinstance(killmail_hash, str) and HASH_PATTERN.fullmatch(killmail_hash)):
+        killmail_hash = ""
     body = {key: value for key, value in raw.items() if key != "zkb"}
     # Pages before 2026-06-27 hold only {"killmail_id", "zkb"}: the body comes from ESI.
     return PageItem(killmail_id, killmail_hash, zkb, body if len(body) > 1 else None)
@@ -153,7 +160,4 @@ class ZkillboardClient:
 
 
 def _retry_after(response: requests.Response) -> float:
-    try:
-        return max(1.0, float(response.headers["Retry-After"]))
-    except (KeyError, ValueError):
-        return DEFAULT_RETRY_AFTER
+    return max(1.0, capped_wait(response.headers.get("Retry-After"), DEFAULT_RETRY_AFTER))

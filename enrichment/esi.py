@@ -8,6 +8,9 @@ Django settings.
 Every request first waits on two limits shared by all processes through the limiter: the
 global error gate (`esi:errors`, held closed when ESI's error limit runs low or answers 420)
 and the token bucket of its route group (`esi:<group>`, paced from `X-Ratelimit-Limit`).
+The waits ESI names (`Retry-After`, `X-ESI-Error-Limit-Reset`) are capped by
+`killboard.ratelimit.capped_wait`. A killmail hash that is not 40 lowercase hex digits is
+refused before any request: it would only cost an error (or reach another route).
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from typing import Any, Protocol
 
 import requests
 
-from killboard.ratelimit import RateLimited
+from killboard.ratelimit import RateLimited, capped_wait
+from killboard.shapes import HASH_PATTERN
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +41,8 @@ NAMES_MAX_IDS = 1000  # ESI's bound for POST /universe/names/
 ERROR_GATE = "esi:errors"
 # Block every worker once fewer errors than this are left in ESI's error window.
 ERROR_LIMIT_THRESHOLD = 10
-DEFAULT_ERROR_RESET = 60.0  # seconds, when a 420 names no reset time
-DEFAULT_RETRY_AFTER = 60.0  # seconds, when a 429 names no Retry-After
+DEFAULT_ERROR_RESET = 60.0  # seconds, when a 420 names no usable reset time
+DEFAULT_RETRY_AFTER = 60.0  # seconds, when a 429 names no usable Retry-After
 
 SUCCESS_COST = 2  # tokens a 2xx costs in its route group
 # A bucket as ESI states it before any answer: the killmail group's 3600 tokens per 15 min.
@@ -116,13 +120,6 @@ def bucket_interval(tokens: int, window: float) -> float:
     return SUCCESS_COST * window / (tokens * RATE_HEADROOM)
 
 
-def _seconds(value: str | None, default: float) -> float:
-    try:
-        return max(0.0, float(value)) if value is not None else default
-    except ValueError:
-        return default
-
-
 def _int(value: str | None) -> int | None:
     try:
         return int(value) if value is not None else None
@@ -171,7 +168,17 @@ class EsiClient:
     # -- routes ------------------------------------------------------------------------------
 
     def killmail(self, killmail_id: int, killmail_hash: str) -> dict[str, Any]:
-        """Return the ESI body of a killmail; `EsiNotFound` if the id and hash do not match."""
+        """Return the ESI body of a killmail; `EsiNotFound` if the id and hash do not match.
+
+        An id that is not a positive integer, or a hash that is not 40 lowercase hex digits,
+        is `EsiNotFound` at once, without a request.
+        """
+        if type(killmail_id) is not int or killmail_id <= 0:
+            raise EsiNotFound(f"killmail {killmail_id!r:.40}: the id is not a positive integer")
+        if not (isinstance(killmail_hash, str) and HASH_PATTERN.fullmatch(killmail_hash)):
+            raise EsiNotFound(
+                f"killmail {killmail_id}: hash {killmail_hash!r:.60} is not 40 hex digits"
+            )
         response = self._request("GET", f"killmails/{killmail_id}/{killmail_hash}/", "killmail")
         return self._json(response, dict)
 
@@ -244,7 +251,7 @@ class EsiClient:
         if status < 300 or status == 304:
             return response
         if status == 420:
-            seconds = _seconds(
+            seconds = capped_wait(
                 response.headers.get("X-ESI-Error-Limit-Reset")
                 or response.headers.get("Retry-After"),
                 DEFAULT_ERROR_RESET,
@@ -252,7 +259,7 @@ class EsiClient:
             self.limiter.block(ERROR_GATE, seconds)
             raise RateLimited(seconds, f"ESI error limit reached ({path})")
         if status == 429:
-            seconds = _seconds(response.headers.get("Retry-After"), DEFAULT_RETRY_AFTER)
+            seconds = capped_wait(response.headers.get("Retry-After"), DEFAULT_RETRY_AFTER)
             self.limiter.block(f"esi:{group}", seconds)
             raise RateLimited(seconds, f"ESI rate limit of group {group} reached ({path})")
         if status in (404, 422):
@@ -278,7 +285,7 @@ class EsiClient:
                 self.limiter.block(f"esi:{group}", seconds)
         remain = _int(headers.get("X-ESI-Error-Limit-Remain"))
         if remain is not None and remain < ERROR_LIMIT_THRESHOLD and response.status_code != 420:
-            seconds = _seconds(headers.get("X-ESI-Error-Limit-Reset"), DEFAULT_ERROR_RESET)
+            seconds = capped_wait(headers.get("X-ESI-Error-Limit-Reset"), DEFAULT_ERROR_RESET)
             logger.warning("ESI error limit down to %s; pausing every worker", remain)
             self.limiter.block(ERROR_GATE, seconds)
 

@@ -4,11 +4,15 @@
 never take the same slot, then waits for it. `block(name, seconds)` holds every process back
 (a 429's Retry-After, an exhausted ESI error limit). A wait longer than the caller allows
 raises `RateLimited`, so a Celery task can retry later instead of holding its worker.
+
+Every wait an upstream names goes through `capped_wait`, and `block` caps what it is given:
+a bad header (a Retry-After of 10**9, NaN) must not stop the work for good.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 
 from django.db import connection
@@ -17,6 +21,9 @@ from killboard.models import RateLimit
 
 logger = logging.getLogger(__name__)
 
+# The longest an upstream can make us wait (seconds); what it asks beyond is a bad answer.
+MAX_UPSTREAM_WAIT = 3600.0
+
 
 class RateLimited(Exception):
     """The upstream asked us to wait, longer than the caller is willing to wait inline."""
@@ -24,6 +31,26 @@ class RateLimited(Exception):
     def __init__(self, retry_after: float, reason: str = "rate limited") -> None:
         super().__init__(f"{reason}; retry in {retry_after:.1f}s")
         self.retry_after = retry_after
+
+
+def capped_wait(value: str | float | None, default: float) -> float:
+    """Seconds to wait as an upstream states them (a header), at most `MAX_UPSTREAM_WAIT`.
+
+    Missing, non-numeric, negative, NaN or infinite values give `default`.
+    """
+    if value is None:
+        return default
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds < 0:
+        logger.warning("Unusable wait %.40r from an upstream; waiting %.1fs", value, default)
+        return default
+    if seconds > MAX_UPSTREAM_WAIT:
+        logger.warning("An upstream asked to wait %.0fs; waiting %.0fs", seconds, MAX_UPSTREAM_WAIT)
+        return MAX_UPSTREAM_WAIT
+    return seconds
 
 
 def _greatest() -> str:
@@ -45,8 +72,10 @@ def _update_returning(sql: str, params: list[object], name: str) -> float:
 def reserve(name: str, interval: float) -> float:
     """Reserve the next slot of `name`, `interval` seconds after the previous one.
 
-    Returns the seconds to wait for it (0 when it is free now).
+    Returns the seconds to wait for it (0 when it is free now). `interval` is capped at
+    `MAX_UPSTREAM_WAIT`: it comes from an upstream's stated bucket.
     """
+    interval = min(interval, MAX_UPSTREAM_WAIT)
     now = time.time()
     next_at = _update_returning(
         "UPDATE {table} SET next_at = {greatest}(next_at, blocked_until, %s) + %s "
@@ -66,7 +95,11 @@ def blocked_for(name: str) -> float:
 
 
 def block(name: str, seconds: float) -> None:
-    """Hold every process back from `name` for `seconds` (never shortens a longer block)."""
+    """Hold every process back from `name` for `seconds` (never shortens a longer block).
+
+    `seconds` is capped at `MAX_UPSTREAM_WAIT`; an unusable value blocks nothing.
+    """
+    seconds = capped_wait(seconds, 0.0)
     until = time.time() + seconds
     _update_returning(
         "UPDATE {table} SET blocked_until = {greatest}(blocked_until, %s) "

@@ -4,7 +4,8 @@ Supported: JSON Lines, JSON arrays, zKillboard day dumps (`{"<killmail_id>": bod
 `{"<killmail_id>": "<hash>"}`, whose records carry no body and are rejected as such), single
 killmail objects, any of these compressed with gzip or bzip2, and tar archives (`.tar`,
 `.tar.gz`, `.tgz`, `.tar.bz2`) holding JSON files. Memory is bounded by the largest single
-killmail, not by the file.
+killmail, not by the file: a single JSON value (or a tar member) over `MAX_VALUE_CHARS` is
+an `UnreadableFile` naming where it is, rather than a buffer that grows without end.
 """
 
 from __future__ import annotations
@@ -20,6 +21,11 @@ from typing import IO, Any
 
 # Characters read from a text stream at a time.
 READ_CHUNK = 1 << 20
+# The largest single JSON value read, in characters (a tar member: in bytes). Real killmails
+# are at most a few MB; anything bigger is a broken file, not one to hold in memory.
+MAX_VALUE_CHARS = 64 << 20
+# Characters at a buffer's end where a decode error may be a token cut short ("\u00e9", "false").
+_CUT_TOKEN_CHARS = 16
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2")
 
 _decoder = json.JSONDecoder()
@@ -99,7 +105,7 @@ class _JsonStream:
                 value, end = _decoder.raw_decode(self._buffer, self._pos)
             except json.JSONDecodeError as exc:
                 # Numbers can end at the buffer's edge too: decode only once nothing follows.
-                if self._fill():
+                if self._fill_value(exc):
                     continue
                 raise self._error(f"invalid or truncated JSON ({exc.msg})") from None
             except RecursionError:
@@ -107,10 +113,26 @@ class _JsonStream:
             except ValueError:
                 # int() refuses numbers of more than sys.get_int_max_str_digits() digits.
                 raise self._error("a number too long to be an id or a count") from None
-            if end == len(self._buffer) and self._fill():
+            if end == len(self._buffer) and self._fill_value():
                 continue
+            if end - self._pos > MAX_VALUE_CHARS:
+                raise self._error(f"a single JSON value larger than {_size(MAX_VALUE_CHARS)}")
             self._pos = end
             return value
+
+    def _fill_value(self, error: json.JSONDecodeError | None = None) -> bool:
+        """Read more of the pending value, unless it is already over `MAX_VALUE_CHARS`."""
+        if len(self._buffer) - self._pos <= MAX_VALUE_CHARS:
+            return self._fill()
+        # JSON is decided by its prefix: an error well before the buffer's end is broken JSON
+        # (say, a cut line in JSON Lines), not a value cut short by the buffer's edge.
+        if (
+            error is not None
+            and error.pos < len(self._buffer) - _CUT_TOKEN_CHARS
+            and not error.msg.startswith("Unterminated string")
+        ):
+            raise self._error(f"invalid or truncated JSON ({error.msg})")
+        raise self._error(f"a single JSON value larger than {_size(MAX_VALUE_CHARS)}")
 
     def records(self) -> Iterator[Any]:
         """Yield killmail records from arrays, day dumps, objects and JSON Lines."""
@@ -168,6 +190,11 @@ class _JsonStream:
                 raise self._error(f"expected a killmail id as key, got {key!r:.40}")
 
 
+def _size(chars: int) -> str:
+    """A limit for a message: "64 MiB" when a whole number of MiB, else the exact count."""
+    return f"{chars >> 20} MiB" if chars and not chars % (1 << 20) else f"{chars:,} characters"
+
+
 def _day_dump_record(killmail_id: int, value: Any) -> Any:
     if isinstance(value, str):
         return {"killmail_id": killmail_id, "zkb": {"hash": value}}
@@ -190,6 +217,11 @@ def _archive_records(path: Path, raw: IO[bytes]) -> Iterator[Any]:
             for member in archive:
                 if not member.isfile() or not member.name.endswith(".json"):
                     continue
+                if member.size > MAX_VALUE_CHARS:
+                    raise UnreadableFile(
+                        f"{path}:{member.name}: a tar member of {member.size:,} bytes, "
+                        f"larger than {_size(MAX_VALUE_CHARS)}"
+                    )
                 handle = archive.extractfile(member)
                 assert handle is not None
                 # One killmail a member: small enough to read whole.
