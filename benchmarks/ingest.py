@@ -24,7 +24,7 @@ def _naive_store(body: dict[str, Any], zkb: dict[str, Any]) -> None:
     from django.db import transaction
 
     from killboard.models import Item, Killmail, Participant
-    from killboard.schema import parse_time
+    from killboard.shapes import parse_time
 
     victim = body["victim"]
     position = victim.get("position", {})

@@ -1,82 +1,69 @@
 """Rebuild ESI killmail bodies (plus zkb) from the normalized rows.
 
-The rebuilt body has ESI's keys in ESI's (alphabetical) order, absent keys stay absent, and
-attackers and items keep their order, so a diff against the source proves nothing was lost.
+The rebuilt body has ESI's keys in ESI's (alphabetical) order, absent keys stay absent,
+attackers and items keep their order, and each row's extras are laid back over its columns
+(see `killboard.shapes`), so a diff against the source proves nothing was lost.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
-from killboard.ingest import ZKB_COLUMNS
 from killboard.models import Item, Killmail, Participant
-from killboard.schema import format_time
+from killboard.shapes import (
+    ATTACKER,
+    CONTENT,
+    ITEM,
+    KILLMAIL,
+    POSITION,
+    VICTIM,
+    ZKB,
+    Shape,
+    format_time,
+)
 
 # Killmails loaded per round of queries while exporting.
 EXPORT_CHUNK = 500
 
-ATTACKER_FIELDS = (
-    ("alliance_id", "alliance_id"),
-    ("character_id", "character_id"),
-    ("corporation_id", "corporation_id"),
-    ("damage_done", "damage"),
-    ("faction_id", "faction_id"),
-    ("final_blow", "final_blow"),
-    ("security_status", "security_status"),
-    ("ship_type_id", "ship_type_id"),
-    ("weapon_type_id", "weapon_type_id"),
-)
-VICTIM_FIELDS = (
-    ("alliance_id", "alliance_id"),
-    ("character_id", "character_id"),
-    ("corporation_id", "corporation_id"),
-    ("damage_taken", "damage"),
-    ("faction_id", "faction_id"),
-)
+
+def _object(
+    shape: Shape, row: dict[str, Any], extra: dict[str, Any] | None, *, ordered: bool = True
+) -> dict[str, Any]:
+    """A JSON object from a row: its known keys in shape order, then the extras laid over.
+
+    Shapes list their keys in ESI's (alphabetical) order; with extras, `ordered` sorts again.
+    """
+    value = {name: row[column] for name, column in shape.pairs if row[column] not in (None, "")}
+    if extra:
+        value.update(extra)
+        if ordered:
+            return _sorted(value)
+    return value
 
 
-def _present(row: dict[str, Any], fields: Iterable[tuple[str, str]]) -> dict[str, Any]:
-    return {key: row[column] for key, column in fields if row[column] is not None}
-
-
-def _item(row: dict[str, Any]) -> dict[str, Any]:
-    item = {"flag": row["flag"], "item_type_id": row["item_type_id"]}
-    if row["quantity_destroyed"] is not None:
-        item["quantity_destroyed"] = row["quantity_destroyed"]
-    if row["quantity_dropped"] is not None:
-        item["quantity_dropped"] = row["quantity_dropped"]
-    item["singleton"] = row["singleton"]
-    return item
+def _sorted(value: dict[str, Any]) -> dict[str, Any]:
+    # ESI writes keys in alphabetical order.
+    return dict(sorted(value.items()))
 
 
 def _items(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     top: list[dict[str, Any]] = []
     by_ordinal: dict[int, dict[str, Any]] = {}
     for row in rows:
-        item = _item(row)
         if row["container_ordinal"] is None:
+            item = _object(ITEM, row, None)
             top.append(item)
             by_ordinal[row["ordinal"]] = item
         else:
-            # "items" sorts after "item_type_id" and before the quantities.
-            container = by_ordinal[row["container_ordinal"]]
-            container.setdefault("items", []).append(item)
-    return [dict(sorted(item.items())) for item in top]
-
-
-def _zkb(killmail: dict[str, Any]) -> dict[str, Any] | None:
-    zkb: dict[str, Any] = {}
-    if killmail["location_id"] is not None:
-        zkb["locationID"] = killmail["location_id"]
-    if killmail["killmail_hash"]:
-        zkb["hash"] = killmail["killmail_hash"]
-    for key, column in ZKB_COLUMNS.items():
-        if key != "locationID" and killmail[column] is not None:
-            zkb[key] = killmail[column]
-    zkb.update(killmail["zkb_other"] or {})
-    return zkb or None
+            content = _object(CONTENT, row, row["extra"])
+            by_ordinal[row["container_ordinal"]].setdefault("items", []).append(content)
+    # The extras go on last: they may say `"items": []`, or hold what ESI adds later.
+    for row in rows:
+        if row["container_ordinal"] is None and row["extra"]:
+            by_ordinal[row["ordinal"]].update(row["extra"])
+    return [_sorted(item) for item in top]
 
 
 def build_record(
@@ -84,31 +71,22 @@ def build_record(
 ) -> dict[str, Any]:
     """Rebuild one ESI body, with its zkb when one is stored, from `.values()` rows."""
     victim_row = next(row for row in participants if row["is_victim"])
-    victim = _present(victim_row, VICTIM_FIELDS)
+    victim = _object(VICTIM, victim_row, None)
     if items:
         victim["items"] = _items(items)
     if killmail["position_x"] is not None:
-        victim["position"] = {
-            "x": killmail["position_x"],
-            "y": killmail["position_y"],
-            "z": killmail["position_z"],
-        }
-    victim["ship_type_id"] = victim_row["ship_type_id"]
-    body: dict[str, Any] = {
-        "attackers": [
-            _present(row, ATTACKER_FIELDS) for row in participants if not row["is_victim"]
-        ],
-        "killmail_id": killmail["killmail_id"],
-        "killmail_time": format_time(killmail["killmail_time"]),
-    }
-    if killmail["moon_id"] is not None:
-        body["moon_id"] = killmail["moon_id"]
-    body["solar_system_id"] = killmail["solar_system_id"]
-    body["victim"] = dict(sorted(victim.items()))
-    if killmail["war_id"] is not None:
-        body["war_id"] = killmail["war_id"]
-    zkb = _zkb(killmail)
-    if zkb is not None:
+        victim["position"] = _object(POSITION, killmail, killmail["position_extra"])
+    victim.update(victim_row["extra"] or {})
+    body = _object(KILLMAIL, killmail, None)
+    body["killmail_time"] = format_time(killmail["killmail_time"])
+    body["attackers"] = [
+        _object(ATTACKER, row, row["extra"]) for row in participants if not row["is_victim"]
+    ]
+    body["victim"] = _sorted(victim)
+    body = _sorted({**body, **(killmail["extra"] or {})})
+    # zkb keeps zKillboard's order, not ESI's.
+    zkb = _object(ZKB, killmail, killmail["zkb_extra"], ordered=False)
+    if zkb or killmail["zkb_extra"] is not None:
         body["zkb"] = zkb
     return body
 

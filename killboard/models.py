@@ -5,6 +5,12 @@ object), one `Participant` row for the victim and one for each attacker, and one
 for each item, container contents pointing at their container. `killboard.export` rebuilds
 the exact ESI body from these rows.
 
+Nothing the upstreams send is lost: each JSON object of a killmail keeps its known keys in
+typed columns and everything else (fields ESI adds after today, an empty list, a value a
+typed column cannot give back exactly) verbatim in the `extra` of the row it belongs to,
+which export lays back over the columns (see `killboard.shapes`). A killmail that cannot be
+stored at all is kept whole in `RejectedKillmail` until it is retried.
+
 Entity references are foreign keys without a database constraint: ingest registers every
 referenced entity in the same transaction, and skipping the per-row constraint checks keeps
 bulk ingest fast.
@@ -12,7 +18,31 @@ bulk ingest fast.
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from django.db import models
+from django.utils import timezone
+
+
+class JSONTextField(models.TextField):
+    """Any JSON value, kept as its text.
+
+    jsonb cannot hold a NUL (\\u0000) or a lone surrogate and reorders keys; text holds every
+    value exactly as `json.dumps` writes it (non-ASCII escaped, so the text is plain ASCII).
+    """
+
+    def from_db_value(self, value: str | None, expression: Any, connection: Any) -> Any:
+        return None if value is None else json.loads(value)
+
+    def get_prep_value(self, value: Any) -> str | None:
+        """The JSON text; `ValueError` for what JSON cannot write (an int of 5,000 digits).
+
+        None is SQL NULL where the column allows it, else the JSON `null`.
+        """
+        if value is None and self.null:
+            return None
+        return json.dumps(value, separators=(",", ":"))
 
 
 class Entity(models.Model):
@@ -117,6 +147,9 @@ class Killmail(models.Model):
     position_x = models.FloatField(null=True, blank=True)
     position_y = models.FloatField(null=True, blank=True)
     position_z = models.FloatField(null=True, blank=True)
+    # What the typed columns do not hold of the body and of the victim's position.
+    extra = JSONTextField(null=True, blank=True, editable=False)
+    position_extra = JSONTextField(null=True, blank=True, editable=False)
 
     # zkb: null means the key was absent (older answers lack the newer keys).
     killmail_hash = models.CharField(max_length=40, blank=True)
@@ -131,8 +164,8 @@ class Killmail(models.Model):
     solo = models.BooleanField(null=True, blank=True)
     awox = models.BooleanField(null=True, blank=True)
     labels = models.JSONField(null=True, blank=True)
-    # zkb keys this schema does not know yet, kept as they came so nothing is lost.
-    zkb_other = models.JSONField(null=True, blank=True)
+    # zkb keys this schema does not know yet, and values out of shape, kept as they came.
+    zkb_extra = JSONTextField(null=True, blank=True, editable=False)
 
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -176,6 +209,8 @@ class Participant(models.Model):
     damage = models.BigIntegerField()
     final_blow = models.BooleanField(null=True, blank=True)
     security_status = models.FloatField(null=True, blank=True)
+    # What the typed columns do not hold of the victim's or attacker's object.
+    extra = JSONTextField(null=True, blank=True, editable=False)
 
     class Meta:
         ordering = ("killmail_id", "-is_victim", "ordinal")
@@ -234,6 +269,8 @@ class Item(models.Model):
     singleton = models.IntegerField()
     quantity_destroyed = models.BigIntegerField(null=True, blank=True)
     quantity_dropped = models.BigIntegerField(null=True, blank=True)
+    # What the typed columns and the contents' rows do not hold of the item's object.
+    extra = JSONTextField(null=True, blank=True, editable=False)
 
     class Meta:
         ordering = ("killmail_id", "ordinal")
@@ -244,6 +281,47 @@ class Item(models.Model):
 
     def __str__(self) -> str:
         return f"item {self.ordinal} of killmail {self.killmail_id}"
+
+
+class RejectedKillmailQuerySet(models.QuerySet):
+    """Queries over the quarantine."""
+
+    def of_job(self, job_id: int | None) -> RejectedKillmailQuerySet:
+        """Those a backfill job brought (all of them for None)."""
+        return self if job_id is None else self.filter(job_id=job_id)
+
+
+class RejectedKillmail(models.Model):
+    """A killmail that arrived but could not be stored, kept whole until it is retried.
+
+    `record` is the record as it came (body plus zkb), so nothing rejected is lost: once the
+    cause is fixed, `manage.py retry_rejected` stores it and removes it from here.
+    """
+
+    # None when the record carries no usable id.
+    killmail_id = models.BigIntegerField(null=True, blank=True)
+    record = JSONTextField(help_text="The record as it came: ESI body plus zkb.")
+    # SHA-256 of the record's text: the same record rejected again is one row, not two.
+    digest = models.CharField(max_length=64, unique=True)
+    reason = models.TextField()
+    source = models.CharField(max_length=255, blank=True, help_text="Where it came from.")
+    # The backfill job that brought it; no foreign key, killboard depends on no other app.
+    job_id = models.BigIntegerField(null=True, blank=True)
+    rejected_at = models.DateTimeField(default=timezone.now)
+
+    objects = RejectedKillmailQuerySet.as_manager()
+
+    class Meta:
+        ordering = ("-rejected_at",)
+        indexes = [
+            # retry_rejected --job and the job's page in the admin.
+            models.Index(fields=["job_id"], name="rejected_job_idx"),
+            # The admin's search by killmail id.
+            models.Index(fields=["killmail_id"], name="rejected_killmail_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"rejected killmail {self.killmail_id or '?'}: {self.reason}"
 
 
 class RateLimit(models.Model):

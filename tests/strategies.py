@@ -1,4 +1,8 @@
-"""Hypothesis strategies for ESI killmails covering every optional field and edge case."""
+"""Hypothesis strategies for ESI killmails covering every optional field and edge case.
+
+Every object may carry fields unknown today (ESI adds fields over time) and every list may be
+empty, as ESI's schema allows: ingest must keep all of it.
+"""
 
 from __future__ import annotations
 
@@ -16,20 +20,44 @@ times = st.datetimes(min_value=datetime(2003, 5, 6), max_value=datetime(2026, 11
     lambda moment: moment.replace(tzinfo=UTC, microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
 )
 hashes = st.text(alphabet="0123456789abcdef", min_size=40, max_size=40)
+# Values of fields unknown today: any JSON (NaN aside, which is no JSON and equals nothing).
+unknown_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | finite | st.text(max_size=8),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=6), children, max_size=3)
+    ),
+    max_leaves=6,
+)
+
+
+def _with_unknown(objects: st.SearchStrategy[dict], known: set[str]) -> st.SearchStrategy[dict]:
+    """Objects that may also hold a few fields unknown today."""
+    names = st.text(alphabet="abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=12).filter(
+        lambda name: name not in known
+    )
+    unknown = st.dictionaries(names, unknown_values, max_size=2)
+    return st.tuples(objects, unknown).map(lambda pair: {**pair[1], **pair[0]})
+
+
+IDS = {"character_id", "corporation_id", "alliance_id", "faction_id"}
+ITEM_KEYS = {"flag", "item_type_id", "singleton", "quantity_destroyed", "quantity_dropped", "items"}
 
 
 def _item(nested: bool) -> st.SearchStrategy[dict]:
     optional = {"quantity_destroyed": counts, "quantity_dropped": counts}
     if nested:
-        optional["items"] = st.lists(_item(nested=False), min_size=1, max_size=3)
-    return st.fixed_dictionaries(
+        optional["items"] = st.lists(_item(nested=False), max_size=3)
+    item = st.fixed_dictionaries(
         {"flag": st.integers(0, 200), "item_type_id": small_ids, "singleton": st.integers(0, 2)},
         optional=optional,
     )
+    return _with_unknown(item, ITEM_KEYS)
 
 
-positions = st.fixed_dictionaries({"x": finite, "y": finite, "z": finite})
-victims = st.fixed_dictionaries(
+positions = _with_unknown(
+    st.fixed_dictionaries({"x": finite, "y": finite, "z": finite}), set("xyz")
+)
+_victims = st.fixed_dictionaries(
     {"damage_taken": counts, "ship_type_id": small_ids},
     optional={
         "character_id": ids,
@@ -37,10 +65,11 @@ victims = st.fixed_dictionaries(
         "alliance_id": ids,
         "faction_id": ids,
         "position": positions,
-        "items": st.lists(_item(nested=True), min_size=1, max_size=6),
+        "items": st.lists(_item(nested=True), max_size=6),
     },
 )
-attackers = st.fixed_dictionaries(
+victims = _with_unknown(_victims, {"damage_taken", "ship_type_id", "position", "items", *IDS})
+_attackers = st.fixed_dictionaries(
     {"damage_done": counts, "final_blow": st.booleans(), "security_status": finite},
     optional={
         "character_id": ids,
@@ -51,7 +80,11 @@ attackers = st.fixed_dictionaries(
         "weapon_type_id": small_ids,
     },
 )
-zkbs = st.fixed_dictionaries(
+attackers = _with_unknown(
+    _attackers,
+    {"damage_done", "final_blow", "security_status", "ship_type_id", "weapon_type_id", *IDS},
+)
+_zkbs = st.fixed_dictionaries(
     {"hash": hashes},
     optional={
         "locationID": ids,
@@ -71,13 +104,33 @@ zkbs = st.fixed_dictionaries(
         "href": st.just("https://esi.evetech.net/v1/killmails/1/x/"),
     },
 )
-killmails = st.fixed_dictionaries(
+# zkb as zKillboard may send it, values out of shape included: kept, never refused.
+zkbs = st.tuples(
+    _zkbs, st.dictionaries(st.sampled_from(["points", "npc", "hash", "labels"]), unknown_values)
+).map(lambda pair: {**pair[0], **pair[1]})
+_killmails = st.fixed_dictionaries(
     {
         "killmail_id": ids,
         "killmail_time": times,
         "solar_system_id": small_ids,
         "victim": victims,
-        "attackers": st.lists(attackers, min_size=1, max_size=6),
+        "attackers": st.lists(attackers, max_size=6),
     },
     optional={"moon_id": ids, "war_id": ids, "zkb": zkbs},
+)
+killmails = _with_unknown(
+    _killmails,
+    {
+        "killmail_id",
+        "killmail_time",
+        "solar_system_id",
+        "moon_id",
+        "war_id",
+        "victim",
+        "attackers",
+        # Keys that say how a record is wrapped (see killboard.ingest.split_record).
+        "zkb",
+        "killmail",
+        "package",
+    },
 )
