@@ -1,4 +1,5 @@
-"""Admin for the stored data: killmails (read-only) and the entities they reference.
+"""Admin for the stored data: killmails (read-only), the entities they reference, and the
+quarantine of rejected killmails (read-only, with a retry).
 
 killboard depends on no other app, so the actions that start work elsewhere are added by the
 apps that own the work: "Backfill this character" by `backfill.admin`, "Re-enrich" by
@@ -7,11 +8,14 @@ apps that own the work: "Backfill this character" by `backfill.admin`, "Re-enric
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.contrib.auth import get_permission_codename
 from django.db.models import F, FilteredRelation, Q, QuerySet
 from django.http import HttpRequest
+from django.utils.html import format_html
 
 from killboard.models import (
     Alliance,
@@ -23,8 +27,10 @@ from killboard.models import (
     ItemType,
     Killmail,
     Participant,
+    RejectedKillmail,
     SolarSystem,
 )
+from killboard.quarantine import retry_rejected
 
 # Enrichment status of an entity, as a filter on its table. An entity with a name is
 # resolved whatever else happened; among the unnamed, ESI either answered 404 on the detail
@@ -315,3 +321,50 @@ class KillmailAdmin(admin.ModelAdmin):
     @admin.display(description="value (ISK)", ordering="total_value")
     def value(self, obj: Killmail) -> str:
         return "" if obj.total_value is None else f"{obj.total_value:,.0f}"
+
+
+@admin.register(RejectedKillmail)
+class RejectedKillmailAdmin(admin.ModelAdmin):
+    """The quarantine: rejected killmails kept as they came, read-only; retried, not edited."""
+
+    list_display = ("killmail_id", "reason", "source", "job_id", "rejected_at")
+    list_filter = ("source", "job_id")
+    search_fields = ("=killmail_id", "reason")
+    search_help_text = "A killmail id, or part of a reason."
+    list_per_page = 100
+    show_full_result_count = False
+    fields = readonly_fields = (
+        "killmail_id",
+        "reason",
+        "source",
+        "job_id",
+        "rejected_at",
+        "digest",
+        "raw_record",
+    )
+    actions = ("retry",)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # Deleting a row would lose the killmail: rows leave only when a retry stores it.
+        return False
+
+    def has_retry_permission(self, request: HttpRequest) -> bool:
+        """Retrying stores killmails, so it takes the change permission (rows stay as they are)."""
+        opts = self.model._meta
+        return request.user.has_perm(f"{opts.app_label}.{get_permission_codename('change', opts)}")
+
+    @admin.display(description="record as it came")
+    def raw_record(self, obj: RejectedKillmail) -> str:
+        return format_html("<pre>{}</pre>", json.dumps(obj.record, indent=2))
+
+    @admin.action(description="Retry these rejected killmails", permissions=["retry"])
+    def retry(self, request: HttpRequest, queryset: QuerySet) -> None:
+        outcome = retry_rejected(rows=queryset)
+        level = messages.WARNING if outcome.still_rejected else messages.SUCCESS
+        self.message_user(request, f"Retried {outcome.summary()}.", level)

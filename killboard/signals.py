@@ -6,3 +6,9 @@ from django.dispatch import Signal
 
 # Sent after a committed ingest batch stored new killmails, with `killmail_ids=[...]`.
 killmails_stored = Signal()
+
+# Sent on commit after rejected killmails left the quarantine (`killboard.quarantine`), with
+# `counts={job_id: n}` (rows of each backfill job that left it) and `stored={job_id: n}` (of
+# those, the killmails the retry stored; the others were stored already). Rows of no job are
+# left out.
+rejections_resolved = Signal()
