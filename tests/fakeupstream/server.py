@@ -747,7 +747,8 @@ class FakeUpstream:
         world = self.world
         if not world.has_killmail(killmail_id) or world.killmail_hash(killmail_id) != given_hash:
             return Response.json(422, {"error": "Invalid killmail_id and/or killmail_hash"})
-        response = _cacheable(request, world.body_json(killmail_id), KILLMAIL_EXPIRE_SECONDS)
+        answered = world.misfiled.get(killmail_id, killmail_id)
+        response = _cacheable(request, world.body_json(answered), KILLMAIL_EXPIRE_SECONDS)
         if response.status == 200:
             with self._lock:
                 if killmail_id in self._served_killmails:

@@ -165,9 +165,18 @@ def killmail_id_at(moment: datetime) -> int:
 class World:
     """Killmails of tracked characters plus every entity their bodies reference."""
 
-    def __init__(self, seed: int = 0) -> None:
-        """Create an empty world; the same seed and calls always give the same data."""
+    def __init__(self, seed: int = 0, novel_share: float = 0.0) -> None:
+        """Create an empty world; the same seed and calls always give the same data.
+
+        `novel_share` of the killmails carry what ESI's schema allows but today's bodies
+        rarely show: fields ESI may add (`killmarks`, `item_id`, ...) and empty lists.
+        """
         self.seed = seed
+        self.novel_share = novel_share
+        # Killmail id -> the id whose body ESI wrongly answers with, as a broken cache might.
+        self.misfiled: dict[int, int] = {}
+        # Killmail id -> a body served instead of the generated one (zkb stays generated).
+        self.served_bodies: dict[int, dict[str, Any]] = {}
         self.unresolvable_ids: set[int] = set()
         self._killmails: dict[int, Participation] = {}
         self._by_character: dict[int, list[int]] = {}
@@ -272,6 +281,8 @@ class World:
         """Return the ESI body of a killmail as the compact JSON text ESI would send."""
         if killmail_id not in self._killmails:
             raise KeyError(killmail_id)
+        if killmail_id in self.served_bodies:
+            return json.dumps(self.served_bodies[killmail_id], separators=(",", ":"))
         return self._body_json(killmail_id)
 
     def zkb(self, killmail_id: int) -> dict[str, Any]:
@@ -593,12 +604,24 @@ class World:
 
     # -- internals: bodies -------------------------------------------------------------------
 
+    def is_novel(self, killmail_id: int) -> bool:
+        """Whether the killmail carries fields unknown today and empty lists."""
+        rng = random.Random(f"{self.seed}:novel:{killmail_id}")
+        return rng.random() < self.novel_share
+
     def _generate_body_json(self, killmail_id: int) -> str:
         body = _BodyBuilder(self, killmail_id).build()
+        if self.is_novel(killmail_id):
+            _add_novelties(body, random.Random(f"{self.seed}:novelties:{killmail_id}"))
         return json.dumps(body, sort_keys=True, separators=(",", ":"))
 
     def _generate_zkb_json(self, killmail_id: int) -> str:
-        zkb = _zkb_for(self.body(killmail_id), self.killmail_hash(killmail_id), self.seed)
+        body = json.loads(self._body_json(killmail_id))
+        zkb = _zkb_for(body, self.killmail_hash(killmail_id), self.seed)
+        if self.is_novel(killmail_id):
+            # R2Z2 adds these; the API may one day too.
+            zkb["attackerCount"] = len(body["attackers"])
+            zkb["href"] = f"https://esi.evetech.net/killmails/{killmail_id}/{zkb['hash']}/"
         return json.dumps(zkb, separators=(",", ":"))
 
     def _party(self, character_id: int) -> dict[str, int]:
@@ -798,6 +821,22 @@ class _BodyBuilder:
         if roll < 0.995:
             return self.rng.randint(2, 5000)
         return self.rng.randint(2**31, 2**40)  # int64 stacks (ore, ISK tokens) exist
+
+
+def _add_novelties(body: dict[str, Any], rng: random.Random) -> None:
+    """Give a body what ESI's schema allows beyond today's bodies, in place."""
+    body["killmarks"] = [{"type_id": rng.randint(1, 90_000), "count": rng.randint(1, 50)}]
+    victim = body["victim"]
+    victim.setdefault("items", [])  # an empty list where there were no items
+    for item in victim["items"]:
+        item["item_id"] = rng.randint(10**12, 2 * 10**12)
+        if "items" in item and rng.random() < 0.5:
+            item["items"] = []  # an emptied container
+    if "position" in victim:
+        victim["position"]["w"] = 0.0
+    victim["ship_name"] = rng.choice(["", "Rifter", "Ünïcødé"])
+    attacker = rng.choice(body["attackers"])
+    attacker["standing"] = {"value": rng.uniform(-10, 10), "source": None}
 
 
 def _zkb_for(body: dict[str, Any], killmail_hash: str, seed: int) -> dict[str, Any]:
