@@ -89,7 +89,10 @@ class BackfillJobType:
     id: strawberry.ID
     target_type: str
     target_id: BigInt
-    status: str
+    status: str = strawberry.field(
+        description="queued, running, succeeded, partial (finished, but some killmails "
+        "failed or were rejected), failed or cancelled."
+    )
     from_date: date | None
     max_pages: int | None
     limit: int
@@ -100,9 +103,13 @@ class BackfillJobType:
     bodies_from_page: int
     bodies_from_esi: int
     stored: int
-    failed: int
+    failed: int = strawberry.field(description="Killmails that never got a body.")
+    rejected: int = strawberry.field(
+        description="Killmails whose body arrived but could not be stored."
+    )
     skipped_older: int
     pending: int
+    summary: str = strawberry.field(description="The one line `backfill_character` prints.")
     progress: float | None = strawberry.field(description="0..1 when the size is known.")
     duration_seconds: float | None
     eta_seconds: float | None
@@ -123,15 +130,8 @@ class BackfillJobType:
             max_pages=job.max_pages,
             limit=job.limit,
             skip_existing=job.skip_existing,
-            pages_fetched=job.pages_fetched,
-            killmails_listed=job.killmails_listed,
-            already_stored=job.already_stored,
-            bodies_from_page=job.bodies_from_page,
-            bodies_from_esi=job.bodies_from_esi,
-            stored=job.stored,
-            failed=job.failed,
-            skipped_older=job.skipped_older,
-            pending=job.pending,
+            **job.counts(),
+            summary=job.summary_line(),
             progress=job.progress,
             duration_seconds=duration.total_seconds() if duration else None,
             eta_seconds=eta.total_seconds() if eta else None,

@@ -202,6 +202,7 @@ class BackfillJobAdmin(StartBackfillPermission, admin.ModelAdmin):
         "bodies_from_esi",
         "stored",
         "failed",
+        "rejected",
         "skipped_older",
         "last_error",
         "created_at",
@@ -279,10 +280,7 @@ class BackfillJobAdmin(StartBackfillPermission, admin.ModelAdmin):
 
     @admin.display(description="counters")
     def counters(self, obj: BackfillJob) -> str:
-        return (
-            f"{obj.pages_fetched} pages, {obj.killmails_listed} listed, {obj.stored} stored, "
-            f"{obj.already_stored} already stored, {obj.failed} failed, {obj.pending} pending"
-        )
+        return obj.counts_line()
 
     @admin.display(description="duration")
     def duration(self, obj: BackfillJob) -> str:

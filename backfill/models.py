@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 from django.db import models
 from django.db.models import F
@@ -24,6 +25,8 @@ class BackfillJob(models.Model):
         QUEUED = "queued"
         RUNNING = "running"
         SUCCEEDED = "succeeded"
+        # Finished, but some killmails failed or were rejected: never reported as succeeded.
+        PARTIAL = "partial"
         FAILED = "failed"
         CANCELLED = "cancelled"
 
@@ -33,6 +36,22 @@ class BackfillJob(models.Model):
         ALLIANCE = "alliance"
 
     ACTIVE = (Status.QUEUED, Status.RUNNING)
+    # Paging done and nothing pending: every listed killmail was accounted for.
+    FINISHED = (Status.SUCCEEDED, Status.PARTIAL)
+    # Ended without every killmail stored: the CLI exits non-zero.
+    UNSUCCESSFUL = (Status.PARTIAL, Status.FAILED, Status.CANCELLED)
+    # The counters, in the order the summary names them.
+    COUNTERS = (
+        "pages_fetched",
+        "killmails_listed",
+        "already_stored",
+        "bodies_from_page",
+        "bodies_from_esi",
+        "stored",
+        "failed",
+        "rejected",
+        "skipped_older",
+    )
 
     target_type = models.CharField(
         max_length=16, choices=TargetType.choices, default=TargetType.CHARACTER
@@ -58,7 +77,14 @@ class BackfillJob(models.Model):
     bodies_from_page = models.PositiveIntegerField(default=0)
     bodies_from_esi = models.PositiveIntegerField(default=0)
     stored = models.PositiveIntegerField(default=0)
-    failed = models.PositiveIntegerField(default=0)
+    failed = models.PositiveIntegerField(
+        default=0, help_text="Killmails that never got a body (ESI 422/404, unreachable, bad hash)."
+    )
+    rejected = models.PositiveIntegerField(
+        default=0,
+        help_text="Killmails whose body arrived but could not be stored "
+        "(quarantined with their raw body in killboard's rejected killmails).",
+    )
     skipped_older = models.PositiveIntegerField(
         default=0, help_text="Listed killmails older than from_date, not stored."
     )
@@ -103,20 +129,21 @@ class BackfillJob(models.Model):
 
     @property
     def pending(self) -> int:
-        """Killmails listed but not yet stored, failed or skipped."""
+        """Killmails listed but not yet stored, failed, rejected or skipped."""
         return max(
             0,
             self.killmails_listed
             - self.already_stored
             - self.stored
             - self.failed
+            - self.rejected
             - self.skipped_older,
         )
 
     @property
     def progress(self) -> float | None:
         """Share of the work done, 0..1, when the work has a known size."""
-        if self.status == self.Status.SUCCEEDED:
+        if self.status in self.FINISHED:
             return 1.0
         if self.max_killmails:
             done = self.killmails_listed - self.pending
@@ -136,6 +163,40 @@ class BackfillJob(models.Model):
         if not progress or duration is None or progress >= 1:
             return None
         return duration * (1 - progress) / progress
+
+    def counts(self) -> dict[str, int]:
+        """The counters by name, then `pending`: what the CLI, GraphQL and the admin show."""
+        return {**{name: getattr(self, name) for name in self.COUNTERS}, "pending": self.pending}
+
+    def summary(self) -> dict[str, Any]:
+        """The job as `backfill_character --json` prints it: status, counters, duration."""
+        duration = self.duration
+        return {
+            "job": self.pk,
+            "target_type": self.target_type,
+            "target_id": self.target_id,
+            "status": self.status,
+            **self.counts(),
+            "duration_seconds": round(duration.total_seconds(), 1) if duration else None,
+            "last_error": self.last_error,
+        }
+
+    def counts_line(self) -> str:
+        """The counters in words; `pending` only while some are."""
+        pending = f", {self.pending} pending" if self.pending else ""
+        return (
+            f"{self.pages_fetched} pages, {self.killmails_listed} killmails listed, "
+            f"{self.stored} stored ({self.bodies_from_page} bodies from pages, "
+            f"{self.bodies_from_esi} from ESI), {self.already_stored} already stored, "
+            f"{self.failed} failed, {self.rejected} rejected, "
+            f"{self.skipped_older} older than --from-date{pending}"
+        )
+
+    def summary_line(self) -> str:
+        """One line for humans: the job, its status, how long it took, its counters."""
+        duration = self.duration
+        took = f" in {duration.total_seconds():.1f}s" if duration else ""
+        return f"{self} {self.status}{took}: {self.counts_line()}."
 
     def add_counts(self, **counts: int) -> None:
         """Add to counters atomically in the database (several workers report at once)."""

@@ -24,7 +24,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Case, Exists, OuterRef, Q, Value, When
 from django.utils import timezone
 
 from backfill.models import (
@@ -36,9 +36,9 @@ from backfill.models import (
 )
 from backfill.zkillboard import PageItem, ZkillboardClient
 from enrichment.esi import EsiNotFound
-from killboard.ingest import IngestResult, ingest_killmails, update_zkb
+from killboard.ingest import Rejection, ingest_killmails, quarantine, update_zkb
 from killboard.models import Character, Killmail
-from killboard.schema import parse_time
+from killboard.shapes import parse_time
 
 logger = logging.getLogger(__name__)
 
@@ -219,14 +219,32 @@ def _with_oldest_body(items: list[PageItem], esi: Any) -> tuple[list[PageItem], 
     for index in range(len(items) - 1, -1, -1):
         item = items[index]
         if item.body is None:
+            if not item.killmail_hash:
+                continue
             try:
-                items[index] = item = replace(
-                    item, body=esi.killmail(item.killmail_id, item.killmail_hash)
-                )
+                body = esi.killmail(item.killmail_id, item.killmail_hash)
             except EsiNotFound:
                 continue
-        return items, parse_time(item.body["killmail_time"])
+            if _answered_for(body) != item.killmail_id:
+                continue  # left pending: the body task rejects it with the reason
+            items[index] = item = replace(item, body=body)
+        time = _body_time(item.body)
+        if time is not None:
+            return items, time
     return items, None
+
+
+def _answered_for(body: Any) -> Any:
+    """The killmail id an ESI body says it is (compared with the id asked for)."""
+    return body.get("killmail_id") if isinstance(body, dict) else None
+
+
+def _body_time(body: Any) -> datetime | None:
+    """A body's killmail_time, or None when it has none that parses (ingest rejects it)."""
+    try:
+        return parse_time(body["killmail_time"])
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def process_page(job_id: int, cursor: str, zkb: ZkillboardClient, esi: Any) -> PageOutcome:
@@ -257,7 +275,7 @@ def process_page(job_id: int, cursor: str, zkb: ZkillboardClient, esi: Any) -> P
     next_cursor = None if done else _next_cursor(job, year, month, page, full, oldest)
 
     with transaction.atomic():
-        counts = _store_page(job, items)
+        counts = _store_page(job, items, source=f"backfill #{job_id}, zKillboard page {cursor}")
         moved = BackfillJob.objects.filter(
             pk=job_id, cursor=cursor, status__in=BackfillJob.ACTIVE
         ).update(
@@ -283,7 +301,7 @@ def process_page(job_id: int, cursor: str, zkb: ZkillboardClient, esi: Any) -> P
     return PageOutcome(next_cursor, pending_ids)
 
 
-def _store_page(job: BackfillJob, items: list[PageItem]) -> dict[str, int]:
+def _store_page(job: BackfillJob, items: list[PageItem], source: str) -> dict[str, int]:
     """Store a page's killmails (inside the page's transaction); return counter increments."""
     ids = [item.killmail_id for item in items]
     query = Killmail.objects.filter(killmail_id__in=ids)
@@ -298,8 +316,17 @@ def _store_page(job: BackfillJob, items: list[PageItem]) -> dict[str, int]:
     with_body = [item for item in fresh if item.body is not None]
     older = _older_than_from_date(job, [(item.killmail_id, item.body) for item in with_body])
     with_body = [item for item in with_body if item.killmail_id not in older]
-    result = ingest_killmails([item.record for item in with_body])
-    _record_failures(job, _rejections(result), {item.killmail_id: item for item in fresh})
+    result = ingest_killmails([item.record for item in with_body], source=source, job_id=job.pk)
+    # Without a body and without a hash ESI would take, nothing can fetch it: a failure.
+    unfetchable = [item for item in fresh if item.body is None and not item.killmail_hash]
+    _record_failures(
+        job,
+        {
+            item.killmail_id: f"zkb hash {item.zkb.get('hash')!r:.60} is not 40 hex digits"
+            for item in unfetchable
+        },
+        {item.killmail_id: item for item in unfetchable},
+    )
     PendingKillmail.objects.bulk_create(
         [
             PendingKillmail(
@@ -309,7 +336,7 @@ def _store_page(job: BackfillJob, items: list[PageItem]) -> dict[str, int]:
                 zkb=item.zkb,
             )
             for item in fresh
-            if item.body is None
+            if item.body is None and item.killmail_hash
         ],
         ignore_conflicts=True,
     )
@@ -317,23 +344,27 @@ def _store_page(job: BackfillJob, items: list[PageItem]) -> dict[str, int]:
         "already_stored": len(stored) + result.existing,
         "bodies_from_page": len(with_body),
         "stored": result.new,
-        "failed": len(result.rejected),
+        "failed": len(unfetchable),
+        "rejected": len(result.rejected),
         "skipped_older": len(older),
     }
 
 
-def _older_than_from_date(job: BackfillJob, bodies: list[tuple[int, dict[str, Any]]]) -> set[int]:
+def _older_than_from_date(job: BackfillJob, bodies: list[tuple[int, Any]]) -> set[int]:
     """Ids of the bodies older than the job's from_date: listed, but not stored."""
     if not job.from_date:
         return set()
     start = datetime.combine(job.from_date, datetime.min.time(), tzinfo=UTC)
-    return {
-        killmail_id for killmail_id, body in bodies if parse_time(body["killmail_time"]) < start
-    }
+    older = set()
+    for killmail_id, body in bodies:
+        time = _body_time(body)
+        if time is not None and time < start:
+            older.add(killmail_id)
+    return older
 
 
 def _record_failures(job: BackfillJob, reasons: dict[int, str], sources: dict[int, Any]) -> None:
-    """Record killmails the job could not store; `sources` (page items or pending rows) give
+    """Record killmails the job got no body for; `sources` (page items or pending rows) give
     their hash and zkb, so "retry failed" can fetch them again."""
     FailedKillmail.objects.bulk_create(
         [
@@ -348,10 +379,6 @@ def _record_failures(job: BackfillJob, reasons: dict[int, str], sources: dict[in
         ],
         ignore_conflicts=True,
     )
-
-
-def _rejections(result: IngestResult) -> dict[int, str]:
-    return {rejection.killmail_id or 0: rejection.reason for rejection in result.rejected}
 
 
 def claim_pending(job_id: int, killmail_ids: Iterable[int]) -> list[PendingKillmail]:
@@ -418,34 +445,61 @@ def _store_bodies(
 ) -> None:
     if not fetched and not missing:
         return
-    older = _older_than_from_date(job, [(p.killmail_id, body) for p, body in fetched])
+    # ESI answering for another killmail than the one asked: kept, never stored as it.
+    wrong = [
+        Rejection(
+            p.killmail_id,
+            f"ESI answered with killmail {_answered_for(body)!r:.30} for killmail {p.killmail_id}",
+            {**body, "zkb": p.zkb} if isinstance(body, dict) else body,
+        )
+        for p, body in fetched
+        if _answered_for(body) != p.killmail_id
+    ]
+    answered = [(p, body) for p, body in fetched if _answered_for(body) == p.killmail_id]
+    older = _older_than_from_date(job, [(p.killmail_id, body) for p, body in answered])
     records = [
         {**body, "zkb": p.zkb} if p.zkb else body
-        for p, body in fetched
+        for p, body in answered
         if p.killmail_id not in older
     ]
+    source = f"backfill #{job.pk}, ESI"
     with transaction.atomic():
-        result = ingest_killmails(records)
-        reasons = {**_rejections(result), **{p.killmail_id: reason for p, reason in missing}}
-        _record_failures(job, reasons, {p.killmail_id: p for p, _ in (*fetched, *missing)})
+        result = ingest_killmails(records, source=source, job_id=job.pk)
+        quarantine(wrong, source, job.pk)
+        _record_failures(
+            job,
+            {p.killmail_id: reason for p, reason in missing},
+            {p.killmail_id: p for p, _ in missing},
+        )
         PendingKillmail.objects.filter(pk__in=[p.pk for p, _ in (*fetched, *missing)]).delete()
         job.add_counts(
             bodies_from_esi=len(fetched),
             stored=result.new,
             already_stored=result.existing,
-            failed=len(result.rejected) + len(missing),
+            failed=len(missing),
+            rejected=len(result.rejected) + len(wrong),
             skipped_older=len(older),
         )
 
 
 def finish_if_done(job_id: int) -> bool:
-    """Mark the job succeeded once paging is done and no body is pending; True if it did."""
-    if PendingKillmail.objects.filter(job_id=job_id).exists():
-        return False
+    """End the job once paging is done and no body is pending; True if this call ended it.
+
+    It ends succeeded only when no killmail failed or was rejected, else partial. One
+    conditional UPDATE decides both, on the counters as the row holds them, so workers
+    finishing at once cannot end it twice or report a success that is not one.
+    """
+    outcome = Case(
+        When(Q(failed__gt=0) | Q(rejected__gt=0), then=Value(BackfillJob.Status.PARTIAL)),
+        default=Value(BackfillJob.Status.SUCCEEDED),
+    )
     return bool(
         BackfillJob.objects.filter(
-            pk=job_id, paging_done=True, status__in=BackfillJob.ACTIVE
-        ).update(status=BackfillJob.Status.SUCCEEDED, finished_at=timezone.now(), lease_until=None)
+            ~Exists(PendingKillmail.objects.filter(job_id=OuterRef("pk"))),
+            pk=job_id,
+            paging_done=True,
+            status__in=BackfillJob.ACTIVE,
+        ).update(status=outcome, finished_at=timezone.now(), lease_until=None)
     )
 
 
@@ -478,7 +532,8 @@ def reopen_job(job_id: int, *, retry_failed: bool = False) -> bool:
     """Queue a job again from where it stands; False if there is nothing to do.
 
     A cancelled or failed job resumes at its cursor with its pending bodies. With
-    `retry_failed`, the killmails it could not store become pending again (any status).
+    `retry_failed`, the killmails it could not store become pending again (any status). A
+    finished job (succeeded or partial) is reopened only when there are failures to retry.
     """
     with transaction.atomic():
         job = BackfillJob.objects.select_for_update().get(pk=job_id)
@@ -503,7 +558,7 @@ def reopen_job(job_id: int, *, retry_failed: bool = False) -> bool:
             retried = len(failures)
         if job.is_active:
             return retried > 0
-        if job.status == BackfillJob.Status.SUCCEEDED and not retried:
+        if job.status in BackfillJob.FINISHED and not retried:
             return False
         BackfillJob.objects.filter(pk=job_id).update(
             status=BackfillJob.Status.QUEUED, finished_at=None, last_error="", lease_until=None

@@ -215,7 +215,7 @@ def test_wrong_hash_is_recorded_on_the_job_and_not_retried(fake, world):
     tasks.start_job(job.pk)
 
     job.refresh_from_db()
-    assert job.status == BackfillJob.Status.SUCCEEDED
+    assert job.status == BackfillJob.Status.PARTIAL
     assert job.failed == 1
     assert ": 422 " in FailedKillmail.objects.get().reason
     assert fake.stats()["esi_killmails"] == 1

@@ -72,11 +72,16 @@ class Command(BaseCommand):
         if in_process or options["wait"]:
             job = self._follow(job.pk)
         job.refresh_from_db()
-        self.stdout.write(json.dumps(summary(job)) if options["json"] else describe(job))
+        self.stdout.write(json.dumps(job.summary()) if options["json"] else job.summary_line())
         if in_process:
             self._resolve_names(self.stderr if options["json"] else self.stdout)
         if job.status == BackfillJob.Status.FAILED:
             raise CommandError(f"backfill failed: {job.last_error}")
+        if job.status in BackfillJob.UNSUCCESSFUL:
+            raise CommandError(
+                f"backfill {job.status}: {job.failed} failed, {job.rejected} rejected, "
+                f"{job.pending} pending"
+            )
 
     def _resolve_names(self, out: Any) -> None:
         """With workers, names follow every stored batch; in-process, once for the whole job."""
@@ -116,36 +121,3 @@ class Command(BaseCommand):
                 if not job.is_active:
                     return job
                 time.sleep(POLL_SECONDS)
-
-
-def summary(job: BackfillJob) -> dict[str, Any]:
-    """A machine-readable summary of a job."""
-    return {
-        "job": job.pk,
-        "target_type": job.target_type,
-        "target_id": job.target_id,
-        "status": job.status,
-        "pages_fetched": job.pages_fetched,
-        "killmails_listed": job.killmails_listed,
-        "already_stored": job.already_stored,
-        "bodies_from_page": job.bodies_from_page,
-        "bodies_from_esi": job.bodies_from_esi,
-        "stored": job.stored,
-        "failed": job.failed,
-        "skipped_older": job.skipped_older,
-        "pending": job.pending,
-        "duration_seconds": round(job.duration.total_seconds(), 1) if job.duration else None,
-        "last_error": job.last_error,
-    }
-
-
-def describe(job: BackfillJob) -> str:
-    """One line for humans."""
-    took = f" in {job.duration.total_seconds():.1f}s" if job.duration else ""
-    return (
-        f"Backfill #{job.pk} of {job.target_type} {job.target_id} {job.status}{took}: "
-        f"{job.pages_fetched} pages, {job.killmails_listed} killmails listed, "
-        f"{job.stored} stored ({job.bodies_from_page} bodies from pages, "
-        f"{job.bodies_from_esi} from ESI), {job.already_stored} already stored, "
-        f"{job.failed} failed, {job.skipped_older} older than --from-date."
-    )
