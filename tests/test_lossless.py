@@ -13,6 +13,7 @@ from backfill import services, tasks
 from backfill.models import BackfillJob
 from killboard.export import iter_records
 from killboard.models import Killmail, RejectedKillmail
+from tests.test_ingest import LEGAL_EDGES
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -91,3 +92,20 @@ def test_a_page_body_that_breaks_meaning_is_quarantined_and_the_job_ends_partial
     assert quarantined.record == {**body, "zkb": world.zkb(broken)}
     assert "victim.ship_type_id: required field is missing" in quarantined.reason
     assert "zKillboard page" in quarantined.source
+
+
+def test_an_import_of_every_legal_edge_exports_exactly_what_it_read(world, tmp_path):
+    world.novel_share = 1.0
+    ids = world.add_character(CHARACTER, 25)
+    records = [*served(world, ids), *LEGAL_EDGES.values()]
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(json.dumps(record) + "\n" for record in records))
+
+    out = io.StringIO()
+    call_command("import_killmails", str(source), stdout=out, stderr=io.StringIO())
+    call_command("export_killmails", "--output", str(tmp_path / "out.jsonl"), stdout=io.StringIO())
+
+    assert f"{len(records)} new, 0 already stored, 0 rejected" in out.getvalue()
+    lines = (tmp_path / "out.jsonl").read_text().splitlines()
+    by_id = {record["killmail_id"]: record for record in records}
+    assert [json.loads(line) for line in lines] == [by_id[i] for i in sorted(by_id)]
