@@ -4,11 +4,9 @@ Options are validated by `backfill.services.create_job`, so the admin shows the 
 errors as `manage.py backfill_character`. Starting work needs the custom permission
 `backfill.start_backfill` besides the model permissions.
 
-"Backfill this character" is an action of the Character admin, which killboard registers
-knowing nothing of backfill (killboard depends on no other app). This module subclasses
-whatever admin is registered for Character and registers the subclass in its place, with
-public API only (`get_model_admin`, `unregister`, `register`); enrichment.admin extends the
-same admin the same way, and each keeps what the other added, in either order.
+"Backfill this character" is an action of the Character admin, which killboard declares
+knowing nothing of backfill (killboard depends on no other app): this module brings it as an
+extension of that admin (`killboard.admin.extend_admin`), with the permission it needs.
 """
 
 from __future__ import annotations
@@ -27,9 +25,9 @@ from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
-import killboard.admin  # noqa: F401  (registers the Character admin this module extends)
 from backfill import services, tasks
 from backfill.models import ZKB_PAGE_SIZE, BackfillJob, FailedKillmail
+from killboard.admin import AdminExtension, extend_admin
 from killboard.models import Character
 
 START_PERMISSION = "backfill.start_backfill"
@@ -195,15 +193,7 @@ class BackfillJobAdmin(StartBackfillPermission, admin.ModelAdmin):
         "skip_existing",
         "cursor",
         "paging_done",
-        "pages_fetched",
-        "killmails_listed",
-        "already_stored",
-        "bodies_from_page",
-        "bodies_from_esi",
-        "stored",
-        "failed",
-        "rejected",
-        "skipped_older",
+        *BackfillJob.COUNTERS,
         "last_error",
         "created_at",
         "started_at",
@@ -324,45 +314,35 @@ class BackfillJobAdmin(StartBackfillPermission, admin.ModelAdmin):
         self.message_user(request, f"Retrying {retried} failed killmails of {len(started)} jobs.")
 
 
-class BackfillCharacterMixin(StartBackfillPermission):
+@admin.action(description="Backfill this character", permissions=["start_backfill"])
+def backfill_this_character(
+    model_admin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet
+) -> HttpResponse | None:
+    """Ask for the options on an intermediate page, then start one job per character."""
+    characters = list(queryset.order_by("id"))
+    applying = "apply" in request.POST
+    form = CharacterBackfillForm(request.POST if applying else None, target_id=characters[0].id)
+    if applying and form.is_valid():
+        options = form.job_options()
+        for character in characters:
+            tasks.start_job(services.create_job(character.id, **options).pk)
+        model_admin.message_user(request, f"Started {len(characters)} backfill jobs.")
+        return HttpResponseRedirect(reverse("admin:backfill_backfilljob_changelist"))
+    context = {
+        **model_admin.admin_site.each_context(request),
+        "title": "Backfill characters",
+        "opts": model_admin.model._meta,
+        "characters": characters,
+        "form": form,
+        "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+    }
+    return TemplateResponse(request, "admin/backfill/backfill_character.html", context)
+
+
+class CharacterBackfill(StartBackfillPermission, AdminExtension):
     """What backfill adds to the Character admin: "Backfill this character"."""
 
-    @admin.action(description="Backfill this character", permissions=["start_backfill"])
-    def backfill_this_character(
-        self, request: HttpRequest, queryset: QuerySet
-    ) -> HttpResponse | None:
-        """Ask for the options on an intermediate page, then start one job per character."""
-        characters = list(queryset.order_by("id"))
-        applying = "apply" in request.POST
-        form = CharacterBackfillForm(request.POST if applying else None, target_id=characters[0].id)
-        if applying and form.is_valid():
-            options = form.job_options()
-            for character in characters:
-                tasks.start_job(services.create_job(character.id, **options).pk)
-            self.message_user(  # type: ignore[attr-defined]
-                request, f"Started {len(characters)} backfill jobs."
-            )
-            return HttpResponseRedirect(reverse("admin:backfill_backfilljob_changelist"))
-        context = {
-            **self.admin_site.each_context(request),  # type: ignore[attr-defined]
-            "title": "Backfill characters",
-            "opts": self.model._meta,  # type: ignore[attr-defined]
-            "characters": characters,
-            "form": form,
-            "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
-        }
-        return TemplateResponse(request, "admin/backfill/backfill_character.html", context)
+    actions = (backfill_this_character,)
 
 
-def _extend_character_admin() -> None:
-    base = type(admin.site.get_model_admin(Character))
-    extended = type(
-        base.__name__,
-        (BackfillCharacterMixin, base),
-        {"actions": [*(base.actions or ()), "backfill_this_character"], "__module__": __name__},
-    )
-    admin.site.unregister(Character)
-    admin.site.register(Character, extended)
-
-
-_extend_character_admin()
+extend_admin(Character, CharacterBackfill())

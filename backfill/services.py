@@ -34,11 +34,11 @@ from backfill.models import (
     FailedKillmail,
     PendingKillmail,
 )
-from backfill.zkillboard import PageItem, ZkillboardClient
-from enrichment.esi import EsiNotFound
 from killboard.ingest import Rejection, ingest_killmails, quarantine, update_zkb
 from killboard.models import Character, Killmail
 from killboard.shapes import parse_time
+from upstream.esi import EsiClient, EsiNotFound
+from upstream.zkillboard import PageItem, ZkillboardClient
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +61,18 @@ class PageOutcome:
 
     next_cursor: str | None
     pending_ids: list[int]
+
+
+@dataclass(frozen=True)
+class BodiesOutcome:
+    """What fetching a chunk of bodies left to do.
+
+    `come_back_in`: seconds after which the caller must come back for bodies of the chunk
+    still pending that it could not claim (another worker holds them, and may have died);
+    0 when none is left.
+    """
+
+    come_back_in: float
 
 
 def is_whole_number(text: str) -> bool:
@@ -209,7 +221,9 @@ def release_page(job_id: int) -> None:
     BackfillJob.objects.filter(pk=job_id).update(lease_until=None)
 
 
-def _with_oldest_body(items: list[PageItem], esi: Any) -> tuple[list[PageItem], datetime | None]:
+def _with_oldest_body(
+    items: list[PageItem], esi: EsiClient
+) -> tuple[list[PageItem], datetime | None]:
     """Make sure the page's oldest item has its body, to know where the page ends in time.
 
     Pages without bodies need one ESI call for it (the body is needed anyway); an item ESI
@@ -247,7 +261,7 @@ def _body_time(body: Any) -> datetime | None:
         return None
 
 
-def process_page(job_id: int, cursor: str, zkb: ZkillboardClient, esi: Any) -> PageOutcome:
+def process_page(job_id: int, cursor: str, zkb: ZkillboardClient, esi: EsiClient) -> PageOutcome:
     """Fetch and store the page at `cursor` (the caller holds its lease); advance the cursor.
 
     Bodies on the page are stored now; killmails without one become pending rows for ESI.
@@ -393,17 +407,16 @@ def claim_pending(job_id: int, killmail_ids: Iterable[int]) -> list[PendingKillm
     return list(PendingKillmail.objects.filter(claim=token).order_by("-killmail_id"))
 
 
-def fetch_bodies(job_id: int, killmail_ids: list[int], esi: Any) -> float:
+def fetch_bodies(job_id: int, killmail_ids: list[int], esi: EsiClient) -> BodiesOutcome:
     """Fetch the pending bodies among `killmail_ids` from ESI and store them.
 
     Bodies fetched before a transient error are stored before the error propagates, so the
-    retry fetches only the rest. A 422 (wrong id or hash) is recorded on the job. Returns
-    the seconds after which the caller must come back for bodies still pending that it could
-    not claim (0: none left): another worker may hold them, and may have died.
+    retry fetches only the rest. A 422 (wrong id or hash) is recorded on the job. The
+    outcome says when to come back for bodies other workers claimed.
     """
     job = BackfillJob.objects.get(pk=job_id)
     if not job.is_active:
-        return 0.0
+        return BodiesOutcome(come_back_in=0.0)
     claimed = claim_pending(job_id, killmail_ids)
     fetched: list[tuple[PendingKillmail, dict[str, Any]]] = []
     missing: list[tuple[PendingKillmail, str]] = []
@@ -423,10 +436,11 @@ def fetch_bodies(job_id: int, killmail_ids: list[int], esi: Any) -> float:
     left = PendingKillmail.objects.filter(job_id=job_id, killmail_id__in=killmail_ids)
     claims = list(left.values_list("claimed_until", flat=True))
     if not claims:
-        return 0.0
+        return BodiesOutcome(come_back_in=0.0)
     now = timezone.now()
     # Unclaimed (given back meanwhile): soon; claimed by another worker: when that runs out.
-    return max(1.0, min((until - now).total_seconds() if until else 0.0 for until in claims))
+    soonest = min((until - now).total_seconds() if until else 0.0 for until in claims)
+    return BodiesOutcome(come_back_in=max(1.0, soonest))
 
 
 def pending_among(job_id: int, killmail_ids: list[int]) -> list[int]:

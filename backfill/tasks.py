@@ -13,8 +13,7 @@ import random
 import threading
 import time
 from collections import deque
-from functools import lru_cache
-from typing import Any
+from typing import Any, NoReturn
 
 from celery import Task, shared_task
 from celery.exceptions import Retry
@@ -23,21 +22,13 @@ from django.db import transaction
 
 from backfill import services
 from backfill.models import BackfillJob
-from backfill.zkillboard import (
-    ZkillboardBlocked,
-    ZkillboardClient,
-    ZkillboardRejected,
-    ZkillboardUnavailable,
-)
-from enrichment.esi import EsiClient, EsiUnavailable, default_client
 from killboard import ratelimit
 from killboard.db import DATABASE_ERRORS, drop_lost_connection
-from killboard.ratelimit import RateLimited
+from upstream import clients
+from upstream.errors import Blocked, RateLimited, Rejected, Unavailable
 
 logger = logging.getLogger(__name__)
 
-# Longest a worker waits inline for a rate-limit slot before retrying the task instead.
-MAX_INLINE_WAIT = 30.0
 # Backoff of transient errors: BASE * 2**retries seconds, at most CAP, with +-50% jitter.
 BACKOFF_BASE = 2.0
 BACKOFF_CAP = 300.0
@@ -54,31 +45,6 @@ TASK_OPTIONS: dict[str, Any] = {
     "reject_on_worker_lost": True,
     "max_retries": 12,
 }
-
-
-def _max_wait() -> float:
-    # In-process there is nothing else to do meanwhile: wait inline for as long as it takes.
-    return float("inf") if settings.CELERY_TASK_ALWAYS_EAGER else MAX_INLINE_WAIT
-
-
-@lru_cache(maxsize=4)
-def _zkillboard(url: str, contact: str, rate: float, max_wait: float) -> ZkillboardClient:
-    return ZkillboardClient(url, contact, rate, ratelimit, max_wait)
-
-
-def zkillboard_client() -> ZkillboardClient:
-    """The process's zKillboard client (one session), as settings configure it."""
-    return _zkillboard(
-        settings.ZKILLBOARD_API_URL,
-        settings.EVE_CONTACT,
-        settings.ZKILLBOARD_REQUESTS_PER_SECOND,
-        _max_wait(),
-    )
-
-
-def esi_client() -> EsiClient:
-    """The process's ESI client."""
-    return default_client(max_wait=_max_wait())
 
 
 _local = threading.local()
@@ -134,14 +100,15 @@ def _retry(task: Task, job_id: int, exc: Exception, countdown: float | None = No
         services.fail_job(job_id, f"gave up after {task.request.retries} retries: {exc}")
         return
     services.touch(job_id)
-    _retry_after(task, exc, countdown, failures)
+    _raise_retry(task, exc, countdown, failures)
 
 
 def _failures(task: Task) -> int:
     return (task.request.kwargs or {}).get("failures", 0)
 
 
-def _retry_after(task: Task, exc: Exception, countdown: float, failures: int) -> None:
+def _raise_retry(task: Task, exc: Exception, countdown: float, failures: int) -> NoReturn:
+    """Retry the task in `countdown` seconds (in-process: after sleeping them), always raising."""
     if task.request.is_eager:
         time.sleep(countdown)
     raise task.retry(
@@ -171,7 +138,7 @@ def _retry_database(task: Task, job_id: int, exc: Exception, *, page_claimed: bo
     failures = _failures(task)
     if failures >= task.max_retries:
         raise exc
-    _retry_after(task, exc, _backoff(failures), failures + 1)
+    _raise_retry(task, exc, _backoff(failures), failures + 1)
 
 
 @shared_task(**TASK_OPTIONS)
@@ -193,15 +160,17 @@ def _fetch_page(self: Task, job_id: int, cursor: str, claimed: bool) -> None:
             _retry(self, job_id, RuntimeError("page leased"), lease_left + random.uniform(1, 5))
         return
     try:
-        outcome = services.process_page(job_id, cursor, zkillboard_client(), esi_client())
-    except (ZkillboardRejected, ZkillboardBlocked) as exc:
+        outcome = services.process_page(
+            job_id, cursor, clients.zkillboard_client(ratelimit), clients.esi_client(ratelimit)
+        )
+    except (Rejected, Blocked) as exc:
         services.fail_job(job_id, str(exc))
         return
     except RateLimited as exc:
         services.release_page(job_id)
         _retry(self, job_id, exc, exc.retry_after + random.uniform(0, 1))
         return
-    except (ZkillboardUnavailable, EsiUnavailable) as exc:
+    except Unavailable as exc:
         services.release_page(job_id)
         services.note_error(job_id, str(exc))
         _retry(self, job_id, exc)
@@ -236,11 +205,11 @@ def fetch_bodies(self: Task, job_id: int, killmail_ids: list[int], failures: int
 
 def _fetch_bodies(self: Task, job_id: int, killmail_ids: list[int]) -> None:
     try:
-        held_elsewhere = services.fetch_bodies(job_id, killmail_ids, esi_client())
+        outcome = services.fetch_bodies(job_id, killmail_ids, clients.esi_client(ratelimit))
     except RateLimited as exc:
         _retry(self, job_id, exc, exc.retry_after + random.uniform(0, 1))
         return
-    except EsiUnavailable as exc:
+    except Unavailable as exc:
         left = services.pending_among(job_id, killmail_ids)
         if left and len(left) < len(killmail_ids):
             # Bodies were stored before the error: the rest go on as a fresh task, so the
@@ -253,10 +222,12 @@ def _fetch_bodies(self: Task, job_id: int, killmail_ids: list[int]) -> None:
             _retry(self, job_id, exc)
             return
         services.give_up_bodies(job_id, killmail_ids, f"ESI kept failing: {exc}")
-        held_elsewhere = 0.0
-    if held_elsewhere:
+        services.finish_if_done(job_id)
+        return
+    if outcome.come_back_in:
         # Another worker claimed some of these; if it died, its claim runs out and we go on.
-        _retry(self, job_id, RuntimeError("bodies claimed"), held_elsewhere + random.uniform(1, 5))
+        countdown = outcome.come_back_in + random.uniform(1, 5)
+        _retry(self, job_id, RuntimeError("bodies claimed"), countdown)
         return
     services.finish_if_done(job_id)
 

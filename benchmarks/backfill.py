@@ -10,7 +10,7 @@ purged between runs.
 - zKillboard-bound: pages that carry bodies; pages per second against the 1/s allowed.
 - ESI-bound: pages without bodies; bodies per second against the bucket's nominal rate
   (limit / 2 tokens a body / window). The client paces itself at RATE_HEADROOM (95%) of the
-  bucket by design (enrichment/esi.py), so that is its ceiling.
+  bucket by design (upstream/esi.py), so that is its ceiling.
 - Rerun: the ESI-bound job again with skip-existing: no ESI call, only its pages' time.
 """
 
@@ -22,9 +22,6 @@ from contextlib import ExitStack
 from typing import Any
 
 from benchmarks.environment import (
-    BACKFILL_QUEUES,
-    ENRICHMENT_QUEUES,
-    QUEUES,
     VAR,
     FakeProcess,
     Row,
@@ -32,7 +29,8 @@ from benchmarks.environment import (
     purge_queues,
     reset_data,
 )
-from enrichment.esi import RATE_HEADROOM
+from config.queues import BACKFILL_QUEUES, ENRICHMENT_QUEUES, QUEUES
+from upstream.esi import RATE_HEADROOM
 
 ZKB_LATENCY = 0.3  # seconds
 ESI_LATENCY = 0.1  # seconds

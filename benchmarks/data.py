@@ -1,6 +1,6 @@
 """Benchmark input files: killmails from the fake upstream's world, cached under var/bench/.
 
-Bodies come from `tests.fakeupstream.World`, whose attacker counts (a third solo, a tail of
+Bodies come from `fakeupstream.World`, whose attacker counts (a third solo, a tail of
 hundreds-strong fleets and structure kills) and item lists follow real killmails.
 """
 
@@ -21,7 +21,7 @@ def killmails_file(count: int) -> Path:
     path = VAR / f"killmails-{count}-seed{SEED}.jsonl"
     if path.exists():
         return path
-    from tests.fakeupstream.world import World
+    from fakeupstream.world import World
 
     world = World(seed=SEED)
     per_character = -(-count // len(CHARACTERS))

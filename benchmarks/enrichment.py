@@ -21,12 +21,12 @@ NAMES_PER_CALL = 1000
 
 def run() -> list[Row]:
     """Two name runs over the same 10,000 entities; the fake counts the calls."""
-    from enrichment.esi import EsiClient
     from enrichment.services import resolve_names
+    from fakeupstream.server import FakeUpstream
+    from fakeupstream.world import World
     from killboard import ratelimit
     from killboard.models import Alliance, Character, Corporation
-    from tests.fakeupstream.server import FakeUpstream
-    from tests.fakeupstream.world import World
+    from upstream.esi import EsiClient
 
     world = World(seed=3)
     # A tracked character comes with a corporation and an alliance of its own.

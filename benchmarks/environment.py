@@ -21,6 +21,8 @@ from typing import Any
 
 import requests
 
+from config.queues import QUEUES, worker_command
+
 ROOT = Path(__file__).resolve().parent.parent
 VAR = ROOT / "var" / "bench"
 PYTHON = str(ROOT / ".venv" / "bin" / "python")
@@ -34,14 +36,6 @@ DATABASE_URL = f"postgres://postgres@127.0.0.1:5432/{BENCH_DATABASE}"
 BROKER_VHOST = "killboard_bench"
 BROKER_URL = f"amqp://guest:guest@127.0.0.1:5672/{BROKER_VHOST}"
 SHARED_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672//"
-BACKFILL_QUEUES = ("zkillboard_backfill", "esi_killmail")
-ENRICHMENT_QUEUES = (
-    "esi_character_info_queue",
-    "esi_corporation_info_queue",
-    "esi_alliance_info_queue",
-    "esi_type_info_queue",
-)
-QUEUES = BACKFILL_QUEUES + ENRICHMENT_QUEUES
 WORKER_CONCURRENCY = 4
 # Seconds to wait for a subprocess to come up or to go down.
 START_TIMEOUT = 60.0
@@ -174,7 +168,7 @@ def child_pids(pid: int) -> list[int]:
 
 
 class FakeProcess:
-    """The fake upstream as its own process (`python -m tests.fakeupstream`)."""
+    """The fake upstream as its own process (`python -m fakeupstream`)."""
 
     def __init__(self, *args: str) -> None:
         self.args = args
@@ -184,7 +178,7 @@ class FakeProcess:
 
     def __enter__(self) -> FakeProcess:
         self.process = subprocess.Popen(
-            [PYTHON, "-m", "tests.fakeupstream", "--port", "0", *self.args],
+            [PYTHON, "-m", "fakeupstream", "--port", "0", *self.args],
             cwd=ROOT,
             stdout=subprocess.PIPE,
             text=True,
@@ -245,22 +239,7 @@ class Worker:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with self.log.open("wb") as log:
             self.process = subprocess.Popen(
-                [
-                    CELERY,
-                    "-A",
-                    "config",
-                    "worker",
-                    "-Q",
-                    ",".join(self.queues),
-                    "-c",
-                    str(WORKER_CONCURRENCY),
-                    "-n",
-                    self.name,
-                    "--without-gossip",
-                    "--without-mingle",
-                    "-l",
-                    "INFO",
-                ],
+                worker_command(self.name, self.queues, WORKER_CONCURRENCY, loglevel="INFO"),
                 cwd=ROOT,
                 env=self.env,
                 stdout=log,

@@ -25,8 +25,8 @@ ESI_BUCKET = (72_000, 900.0)
 def main() -> None:
     """Run the demo in a fresh var/demo.sqlite3."""
     sys.path.insert(0, str(ROOT))
-    from tests.fakeupstream.server import FakeUpstream
-    from tests.fakeupstream.world import World
+    from fakeupstream.server import FakeUpstream
+    from fakeupstream.world import World
 
     world = World(seed=7)
     ids = world.add_character(

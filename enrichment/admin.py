@@ -1,23 +1,20 @@
 """Enrichment in the admin: a "Re-enrich" action and the name counts on every entity list.
 
 killboard's admin knows nothing of enrichment (killboard depends on no other app), so this
-module extends the entity admins killboard registered: it subclasses whatever admin is
-registered for each entity (public API: `get_model_admin`, `unregister`, `register`) and
-registers the subclass in its place. Subclassing what is registered, rather than killboard's
-class by name, lets backfill.admin extend the Character admin the same way in either order.
+module brings both as an extension of each entity admin killboard declares
+(`killboard.admin.extend_admin`).
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 from django.contrib import admin
 from django.db import transaction
 from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest
+from django.template.loader import render_to_string
 
-import killboard.admin  # noqa: F401  (registers the entity admins this module extends)
 from enrichment import services, tasks
+from killboard.admin import AdminExtension, extend_admin
 from killboard.models import Entity
 
 KIND_OF_MODEL: dict[type[Entity], str] = {model: kind for kind, model in services.KINDS.items()}
@@ -41,42 +38,30 @@ def reenrich(kind: str, ids: list[int]) -> None:
             tasks.enqueue_enrichment(details=False)
 
 
-class EnrichmentAdminMixin:
-    """What enrichment adds to an entity admin."""
+@admin.action(description="Re-enrich", permissions=["change"])
+def re_enrich(model_admin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet) -> None:
+    """Queue the selected entities for enrichment again."""
+    ids = list(queryset.values_list("id", flat=True))
+    reenrich(KIND_OF_MODEL[queryset.model], ids)
+    model_admin.message_user(
+        request, f"Queued enrichment of {len(ids)} {queryset.model._meta.verbose_name_plural}."
+    )
 
-    change_list_template = "admin/enrichment/entity_change_list.html"
 
-    @admin.action(description="Re-enrich", permissions=["change"])
-    def re_enrich(self, request: HttpRequest, queryset: QuerySet) -> None:
-        ids = list(queryset.values_list("id", flat=True))
-        kind = KIND_OF_MODEL[queryset.model]
-        reenrich(kind, ids)
-        self.message_user(
-            request, f"Queued enrichment of {len(ids)} {queryset.model._meta.verbose_name_plural}."
-        )
+class EntityEnrichment(AdminExtension):
+    """What enrichment adds to an entity admin: "Re-enrich", and the name counts of every kind."""
 
-    def changelist_view(
-        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
-    ) -> HttpResponse:
+    actions = (re_enrich,)
+
+    def changelist_panel(self, model_admin: admin.ModelAdmin, request: HttpRequest) -> str:
+        """The counts of every kind, this admin's kind highlighted."""
         counts = services.enrichment_counts()
         context = {
-            "enrichment_kind": KIND_OF_MODEL[self.model],
+            "enrichment_kind": KIND_OF_MODEL[model_admin.model],
             "enrichment_counts": [{"kind": kind, **row} for kind, row in counts.items()],
-            **(extra_context or {}),
         }
-        return super().changelist_view(request, extra_context=context)  # type: ignore[misc]
-
-
-def _extend(model: type[Entity]) -> None:
-    base = type(admin.site.get_model_admin(model))
-    extended = type(
-        base.__name__,
-        (EnrichmentAdminMixin, base),
-        {"actions": [*(base.actions or ()), "re_enrich"], "__module__": __name__},
-    )
-    admin.site.unregister(model)
-    admin.site.register(model, extended)
+        return render_to_string("admin/enrichment/enrichment_counts.html", context, request)
 
 
 for _model in KIND_OF_MODEL:
-    _extend(_model)
+    extend_admin(_model, EntityEnrichment())

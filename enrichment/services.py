@@ -15,21 +15,24 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Count, F, Q
+from django.db.models import F, Q
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from enrichment.esi import NAMES_MAX_IDS, Detail, EsiClient, EsiNotFound, default_client
 from enrichment.models import QueuedRun
+from killboard import ratelimit
 from killboard.models import (
     Alliance,
     Character,
     Corporation,
+    EnrichmentStatus,
     Entity,
     Faction,
     ItemType,
     SolarSystem,
 )
+from upstream import clients
+from upstream.esi import NAMES_MAX_IDS, Detail, EsiClient, EsiNotFound
 
 logger = logging.getLogger(__name__)
 
@@ -194,7 +197,7 @@ def resolve_names(
     Names are committed after every call, so an interrupted run keeps what it learned, and
     `on_named(kind, ids)` is told of each committed write (to queue the details next).
     """
-    client = client or default_client()
+    client = client or clients.esi_client(ratelimit)
     owners = pending_names(limit)
     ids = sorted(owners)
     result = NameResult()
@@ -286,7 +289,7 @@ def enrich_details(kind: str, ids: Sequence[int], client: EsiClient | None = Non
     """
     route = DETAIL_ROUTES[kind]
     model = KINDS[kind]
-    fetch: Callable[..., Detail] = getattr(client or default_client(), route.method)
+    fetch: Callable[..., Detail] = getattr(client or clients.esi_client(ratelimit), route.method)
     wanted = set(ids)
     entities = list(model.objects.filter(id__in=wanted, not_found=False).order_by("id"))
     result = DetailResult(unknown=len(wanted) - len(entities))
@@ -372,18 +375,20 @@ def undetailed_entities(kind: str, limit: int) -> list[int]:
 def enrichment_counts() -> dict[str, dict[str, int]]:
     """Per kind: entities with a name, waiting for one, and that ESI could not name.
 
-    Unresolvable means ESI answered 404 for the id (names or details); those with a retry
-    time are tried again once it has passed.
+    Unresolvable means ESI answered 404 for the id (names or details): the statuses not
+    found and unresolvable of `killboard.models.EnrichmentStatus` together; those with a
+    retry time are tried again once it has passed.
     """
-    unnamed = Q(name="")
-    failed = Q(not_found=True) | Q(name_retry_at__isnull=False)
     counts = {}
     for kind, model in KINDS.items():
-        counts[kind] = model.objects.aggregate(
-            resolved=Count("id", filter=~unnamed),
-            pending=Count("id", filter=unnamed & Q(not_found=False, name_retry_at__isnull=True)),
-            unresolvable=Count("id", filter=unnamed & failed),
-        )
+        by_status = model.objects.count_by_enrichment_status()
+        counts[kind] = {
+            "resolved": by_status[EnrichmentStatus.RESOLVED],
+            "pending": by_status[EnrichmentStatus.PENDING],
+            "unresolvable": (
+                by_status[EnrichmentStatus.UNRESOLVABLE] + by_status[EnrichmentStatus.NOT_FOUND]
+            ),
+        }
     return counts
 
 

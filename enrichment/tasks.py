@@ -23,16 +23,15 @@ from django.conf import settings
 from django.db import transaction
 
 from enrichment import services
-from enrichment.esi import EsiUnavailable
 from killboard.db import DATABASE_ERRORS, drop_lost_connection
-from killboard.ratelimit import RateLimited
+from upstream.errors import RateLimited, Unavailable
 
 logger = logging.getLogger(__name__)
 
 TASK_OPTIONS: dict[str, Any] = {
     "bind": True,
     "acks_late": True,
-    "max_retries": 6,  # for EsiUnavailable: network errors, 5xx, downtime, broken bodies
+    "max_retries": 6,  # for Unavailable: network errors, 5xx, downtime, broken bodies
     "retry_backoff": 10,  # seconds before the first retry, doubled each time
     "retry_backoff_max": 600,
     "retry_jitter": True,
@@ -69,7 +68,7 @@ def _call(task: Task, service: Callable[[], T]) -> T:
                 ) from exc
             if attempts >= RATE_LIMITED_MAX_RETRIES:
                 raise
-        except (EsiUnavailable, *DATABASE_ERRORS) as exc:
+        except (Unavailable, *DATABASE_ERRORS) as exc:
             if isinstance(exc, DATABASE_ERRORS):
                 drop_lost_connection()
             retries = attempts if task.request.is_eager else task.request.retries

@@ -2,7 +2,7 @@
 
 Example::
 
-    python -m tests.fakeupstream --port 8765 --character 2117325769:3000 --item-shape mixed
+    python -m fakeupstream --port 8765 --character 2117325769:3000 --item-shape mixed
 
 On start it prints one JSON line with its URLs ({"url", "zkb_url", "esi_url"}) and flushes,
 so a parent process can read where to point its clients; it runs until SIGTERM or Ctrl-C.
@@ -59,7 +59,7 @@ def parse_ids(text: str) -> list[int]:
 def build_parser() -> argparse.ArgumentParser:
     """Return the command-line parser."""
     parser = argparse.ArgumentParser(
-        prog="python -m tests.fakeupstream",
+        prog="python -m fakeupstream",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

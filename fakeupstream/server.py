@@ -6,7 +6,7 @@ good citizen: zero violations. It also injects faults on demand (5xx, held answe
 JSON, HTML error pages, 429 bursts, 420 storms), reproducibly from a seed.
 
 Standard library only, no Django: it runs in a thread of a pytest process or as its own
-process (``python -m tests.fakeupstream``). Other processes read its statistics and change its
+process (``python -m fakeupstream``). Other processes read its statistics and change its
 configuration through ``GET /_fake/stats`` and ``POST /_fake/config``.
 """
 

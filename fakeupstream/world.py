@@ -7,7 +7,7 @@ world seed and the id, so a character with 25,000 killmails costs a few dictiona
 strictly increase with ``killmail_time`` across the whole world.
 
 Pools of ship, weapon and item types, item flags, NPC corporations and solar systems are read
-from the real samples in ``tests/data/upstream/``.
+from the real samples in ``fakeupstream/data/``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
 
-SAMPLES_DIR = Path(__file__).resolve().parent.parent / "data" / "upstream"
+SAMPLES_DIR = Path(__file__).resolve().parent / "data"
 SAMPLE_KILLMAILS = (
     "esi_killmail_119455394.json",
     "esi_killmail_107220741.json",

@@ -1,26 +1,30 @@
 """Admin for the stored data: killmails (read-only), the entities they reference, and the
 quarantine of rejected killmails (read-only, with a retry).
 
-killboard depends on no other app, so the actions that start work elsewhere are added by the
-apps that own the work: "Backfill this character" by `backfill.admin`, "Re-enrich" by
-`enrichment.admin`. Each subclasses the admin registered here and registers it again.
+Each admin is declared once, here. killboard depends on no other app, so what starts work
+elsewhere is brought by the app that owns the work, as an `AdminExtension` it registers with
+`extend_admin` from its own admin module: "Backfill this character" (`backfill.admin`),
+"Re-enrich" and the name counts (`enrichment.admin`). Nothing is subclassed or registered
+again; the admins below hold their extensions and consult them.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from django.contrib import admin, messages
 from django.contrib.auth import get_permission_codename
-from django.db.models import F, FilteredRelation, Q, QuerySet
-from django.http import HttpRequest
+from django.db.models import F, FilteredRelation, Model, Q, QuerySet
+from django.http import HttpRequest, HttpResponse
 from django.utils.html import format_html
 
 from killboard.models import (
     Alliance,
     Character,
     Corporation,
+    EnrichmentStatus,
     Entity,
     Faction,
     Item,
@@ -32,32 +36,78 @@ from killboard.models import (
 )
 from killboard.quarantine import retry_rejected
 
-# Enrichment status of an entity, as a filter on its table. An entity with a name is
-# resolved whatever else happened; among the unnamed, ESI either answered 404 on the detail
-# route (not found), could not name it yet (a retry time is set), or has not been asked.
-UNNAMED = Q(name="")
-ENRICHMENT_STATUSES: dict[str, tuple[str, Q]] = {
-    "resolved": ("Resolved", ~UNNAMED),
-    "pending": ("Pending", UNNAMED & Q(not_found=False, name_retry_at__isnull=True)),
-    "unresolvable": (
-        "Unresolvable (retry later)",
-        UNNAMED & Q(not_found=False, name_retry_at__isnull=False),
-    ),
-    "not_found": ("Not found", UNNAMED & Q(not_found=True)),
-}
+# -- the extension point ---------------------------------------------------------------------
 
 
-def enrichment_status(entity: Entity) -> str:
-    """The label of an entity's enrichment status (see ENRICHMENT_STATUSES)."""
-    if entity.name:
-        key = "resolved"
-    elif entity.not_found:
-        key = "not_found"
-    elif entity.name_retry_at is not None:
-        key = "unresolvable"
-    else:
-        key = "pending"
-    return ENRICHMENT_STATUSES[key][0]
+class AdminExtension:
+    """What another app adds to the admin of one of killboard's models.
+
+    `actions` are Django admin actions: functions decorated with `@admin.action`, called as
+    `action(model_admin, request, queryset)`, each declaring the permissions it needs. A
+    permission other than the model's own (add, view, change, delete), say
+    `permissions=["start_backfill"]`, is checked by this extension's method of the usual name,
+    `has_start_backfill_permission(request)`. `changelist_panel` is HTML shown above the
+    change list.
+    """
+
+    actions: tuple[Callable[..., HttpResponse | None], ...] = ()
+
+    def changelist_panel(self, model_admin: admin.ModelAdmin, request: HttpRequest) -> str:
+        """HTML to show above the change list; empty for none."""
+        return ""
+
+
+class ExtensibleAdmin(admin.ModelAdmin):
+    """A killboard admin that other apps extend by composition (see `extend_admin`)."""
+
+    change_list_template = "admin/killboard/extensible_change_list.html"
+
+    def __init__(self, model: type[Model], admin_site: admin.AdminSite) -> None:
+        super().__init__(model, admin_site)
+        self.extensions: list[AdminExtension] = []
+
+    def extend(self, extension: AdminExtension) -> None:
+        """Offer the extension's actions after this admin's own, and show its panel."""
+        self.extensions.append(extension)
+        # Django reads `actions` for the action menu, the permission filter and its system
+        # checks, so an extension's actions are guarded exactly like the admin's own.
+        self.actions = (*(self.actions or ()), *extension.actions)
+
+    def __getattr__(self, name: str) -> Any:
+        # Django asks the model admin for `has_<permission>_permission` of each permission an
+        # action declares: the permissions an extension brings are answered by the extension.
+        if name.startswith("has_") and name.endswith("_permission"):
+            for extension in self.__dict__.get("extensions", ()):
+                if hasattr(extension, name):
+                    return getattr(extension, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        panels = [extension.changelist_panel(self, request) for extension in self.extensions]
+        context = {
+            "extension_panels": [panel for panel in panels if panel],
+            **(extra_context or {}),
+        }
+        return super().changelist_view(request, extra_context=context)
+
+
+def extend_admin(
+    model: type[Model], extension: AdminExtension, site: admin.AdminSite = admin.site
+) -> None:
+    """Add another app's extension to the admin killboard registered for `model`.
+
+    Called by the extending app's admin module, which imports this one first (so the admin
+    is registered); the extensions of one admin come in the order of INSTALLED_APPS.
+    """
+    model_admin = site.get_model_admin(model)
+    if not isinstance(model_admin, ExtensibleAdmin):
+        raise TypeError(f"the admin of {model.__name__} takes no extensions")
+    model_admin.extend(extension)
+
+
+# -- entities --------------------------------------------------------------------------------
 
 
 def entity_label(entity: Entity | None, entity_id: int | None) -> str:
@@ -74,15 +124,15 @@ class EnrichmentStatusFilter(admin.SimpleListFilter):
     parameter_name = "enrichment"
 
     def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
-        return [(key, label) for key, (label, _) in ENRICHMENT_STATUSES.items()]
+        return EnrichmentStatus.choices
 
     def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
-        if self.value() in ENRICHMENT_STATUSES:
-            return queryset.filter(ENRICHMENT_STATUSES[self.value()][1])
+        if self.value() in EnrichmentStatus.values:
+            return queryset.in_enrichment_status(EnrichmentStatus(self.value()))
         return queryset
 
 
-class EntityAdmin(admin.ModelAdmin):
+class EntityAdmin(ExtensibleAdmin):
     """An entity table: filled by ingest and ESI, so read-only here."""
 
     list_display = ("id", "name", "status", "details_updated_at")
@@ -91,6 +141,9 @@ class EntityAdmin(admin.ModelAdmin):
     list_per_page = 100
     show_full_result_count = False
     ordering = ("id",)
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        return super().get_queryset(request).with_enrichment_status()
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
         return [field.name for field in self.model._meta.fields]
@@ -103,7 +156,7 @@ class EntityAdmin(admin.ModelAdmin):
 
     @admin.display(description="enrichment")
     def status(self, obj: Entity) -> str:
-        return enrichment_status(obj)
+        return EnrichmentStatus(obj.enrichment_status).label
 
 
 @admin.register(Character)
@@ -235,8 +288,11 @@ class ItemInline(ReadOnlyInline):
         return entity_label(obj.item_type, obj.item_type_id)
 
 
+# -- killmails and the quarantine ------------------------------------------------------------
+
+
 @admin.register(Killmail)
-class KillmailAdmin(admin.ModelAdmin):
+class KillmailAdmin(ExtensibleAdmin):
     """Killmails as stored: read-only, with names resolved in one query per page."""
 
     list_display = (
@@ -324,7 +380,7 @@ class KillmailAdmin(admin.ModelAdmin):
 
 
 @admin.register(RejectedKillmail)
-class RejectedKillmailAdmin(admin.ModelAdmin):
+class RejectedKillmailAdmin(ExtensibleAdmin):
     """The quarantine: rejected killmails kept as they came, read-only; retried, not edited."""
 
     list_display = ("killmail_id", "reason", "source", "job_id", "rejected_at")

@@ -293,6 +293,7 @@ def _store(
     """Write a prepared batch and its rejections in one transaction; report what happened."""
     result = batch.result
     inserted: set[int] = set()
+    validated = len(result.rejected)
     with transaction.atomic():
         if not durable and connection.vendor == "postgresql":
             # An import is rerun safely: a server crash may lose the last moment's commits,
@@ -307,7 +308,8 @@ def _store(
             transaction.on_commit(
                 lambda: killmails_stored.send(sender=Killmail, killmail_ids=new_ids)
             )
-    refused = {rejection.killmail_id for rejection in result.rejected}
+    # Those the database refused were neither stored now nor before.
+    refused = {rejection.killmail_id for rejection in result.rejected[validated:]}
     result.new_ids.extend(new_ids)
     result.existing_ids.extend(
         row[0] for row in batch.killmails if row[0] not in inserted and row[0] not in refused

@@ -45,6 +45,56 @@ class JSONTextField(models.TextField):
         return json.dumps(value, separators=(",", ":"))
 
 
+class EnrichmentStatus(models.TextChoices):
+    """How far enrichment got with an entity; `ENRICHMENT_CONDITIONS` says which rows are which."""
+
+    RESOLVED = "resolved", "Resolved"
+    PENDING = "pending", "Pending"
+    UNRESOLVABLE = "unresolvable", "Unresolvable (retry later)"
+    NOT_FOUND = "not_found", "Not found"
+
+
+_UNNAMED = models.Q(name="")
+# The one definition of each status, used by the admin and by enrichment's counts. A named
+# entity is resolved whatever else happened; among the unnamed, ESI answered 404 on the detail
+# route (not found), could not name it yet (a retry time is set), or has not been asked.
+# The conditions are exclusive and together cover every row.
+ENRICHMENT_CONDITIONS: dict[EnrichmentStatus, models.Q] = {
+    EnrichmentStatus.RESOLVED: ~_UNNAMED,
+    EnrichmentStatus.PENDING: _UNNAMED & models.Q(not_found=False, name_retry_at__isnull=True),
+    EnrichmentStatus.UNRESOLVABLE: (
+        _UNNAMED & models.Q(not_found=False, name_retry_at__isnull=False)
+    ),
+    EnrichmentStatus.NOT_FOUND: _UNNAMED & models.Q(not_found=True),
+}
+
+
+class EntityQuerySet(models.QuerySet):
+    """Queries over one entity table."""
+
+    def in_enrichment_status(self, status: EnrichmentStatus) -> EntityQuerySet:
+        """The entities in `status`."""
+        return self.filter(ENRICHMENT_CONDITIONS[status])
+
+    def with_enrichment_status(self) -> EntityQuerySet:
+        """Each entity with its status as `enrichment_status` (an `EnrichmentStatus` value)."""
+        whens = [
+            models.When(condition, then=models.Value(status.value))
+            for status, condition in ENRICHMENT_CONDITIONS.items()
+        ]
+        return self.annotate(enrichment_status=models.Case(*whens, output_field=models.CharField()))
+
+    def count_by_enrichment_status(self) -> dict[EnrichmentStatus, int]:
+        """How many entities are in each status, in one query."""
+        counts = self.aggregate(
+            **{
+                status.value: models.Count("id", filter=condition)
+                for status, condition in ENRICHMENT_CONDITIONS.items()
+            }
+        )
+        return {status: counts[status.value] for status in EnrichmentStatus}
+
+
 class Entity(models.Model):
     """Something a killmail references by id; its name and details come from ESI later."""
 
@@ -58,6 +108,8 @@ class Entity(models.Model):
     etag = models.CharField(max_length=128, blank=True)
     expires_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = EntityQuerySet.as_manager()
 
     class Meta:
         abstract = True

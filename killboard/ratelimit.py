@@ -1,56 +1,27 @@
 """Request slots shared by every process and machine, kept in one database row per limit.
 
-`acquire(name, interval)` reserves the next slot with one atomic UPDATE, so two workers can
-never take the same slot, then waits for it. `block(name, seconds)` holds every process back
-(a 429's Retry-After, an exhausted ESI error limit). A wait longer than the caller allows
-raises `RateLimited`, so a Celery task can retry later instead of holding its worker.
+This module is the `upstream.limiter.Limiter` the clients are given. `acquire(name,
+interval)` reserves the next slot with one atomic UPDATE, so two workers can never take the
+same slot, then waits for it. `block(name, seconds)` holds every process back (a 429's
+Retry-After, an exhausted ESI error limit). A wait longer than the caller allows raises
+`RateLimited`, so a Celery task can retry later instead of holding its worker.
 
-Every wait an upstream names goes through `capped_wait`, and `block` caps what it is given:
-a bad header (a Retry-After of 10**9, NaN) must not stop the work for good.
+`block` caps what it is given like every wait an upstream names (`capped_wait`): a bad
+header (a Retry-After of 10**9, NaN) must not stop the work for good.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import time
 
 from django.db import connection
 
 from killboard.models import RateLimit
+from upstream.errors import RateLimited
+from upstream.limiter import MAX_UPSTREAM_WAIT, capped_wait
 
 logger = logging.getLogger(__name__)
-
-# The longest an upstream can make us wait (seconds); what it asks beyond is a bad answer.
-MAX_UPSTREAM_WAIT = 3600.0
-
-
-class RateLimited(Exception):
-    """The upstream asked us to wait, longer than the caller is willing to wait inline."""
-
-    def __init__(self, retry_after: float, reason: str = "rate limited") -> None:
-        super().__init__(f"{reason}; retry in {retry_after:.1f}s")
-        self.retry_after = retry_after
-
-
-def capped_wait(value: str | float | None, default: float) -> float:
-    """Seconds to wait as an upstream states them (a header), at most `MAX_UPSTREAM_WAIT`.
-
-    Missing, non-numeric, negative, NaN or infinite values give `default`.
-    """
-    if value is None:
-        return default
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        seconds = math.nan
-    if not math.isfinite(seconds) or seconds < 0:
-        logger.warning("Unusable wait %.40r from an upstream; waiting %.1fs", value, default)
-        return default
-    if seconds > MAX_UPSTREAM_WAIT:
-        logger.warning("An upstream asked to wait %.0fs; waiting %.0fs", seconds, MAX_UPSTREAM_WAIT)
-        return MAX_UPSTREAM_WAIT
-    return seconds
 
 
 def _greatest() -> str:

@@ -26,12 +26,12 @@ from django.db.backends.base.operations import BaseDatabaseOperations
 from django.db.models import Model
 
 from killboard.models import Item, Killmail, Participant
+from upstream.esi import is_killmail_hash
 
 INT64_MAX = 2**63 - 1
 # Integers a float64 holds exactly; a larger one in a float column is also kept verbatim.
 FLOAT_EXACT = 2**53
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
-HASH_PATTERN = re.compile(r"[0-9a-f]{40}")
 # ESI's own spelling of a time, which export writes back.
 CANONICAL_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
 # Any RFC 3339 time: kept in the column as a moment, and verbatim in the extras.
@@ -126,7 +126,7 @@ class Key:
             except (TypeError, ValueError):
                 return f"expected a time like 2024-07-14T15:49:53Z, got {short_repr(value)}"
         elif kind == HASH:
-            if not (type(value) is str and HASH_PATTERN.fullmatch(value)):
+            if not is_killmail_hash(value):
                 return f"expected 40 lowercase hex digits, got {short_repr(value, 50)}"
         elif kind == LABELS and not (
             type(value) is list

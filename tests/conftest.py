@@ -13,26 +13,29 @@ import pytest
 from django.contrib.auth.models import Permission
 from django.test import Client
 
-from tests.fakeupstream.server import FakeUpstream
-from tests.fakeupstream.world import World
+from fakeupstream.server import FakeUpstream
+from fakeupstream.world import SAMPLES_DIR, World
 
 DATA = Path(__file__).parent / "data"
 # ESI buckets far above the real ones, for the many tests where the rate is not the point.
 GENEROUS_BUCKETS = dict.fromkeys(
     ("killmail", "names", "character", "corporation", "alliance", "universe"), (10**6, 900.0)
 )
+# Real upstream samples only the tests read; those the fake upstream reads too (the ESI
+# killmail bodies, the names 404) live with it, in fakeupstream/data/ (SAMPLES_DIR).
 UPSTREAM = DATA / "upstream"
 
 
 def load(name: str) -> Any:
-    """A JSON file of tests/data/upstream/."""
-    return json.loads((UPSTREAM / name).read_text())
+    """A real upstream sample by file name, from fakeupstream/data/ or tests/data/upstream/."""
+    path = SAMPLES_DIR / name
+    return json.loads((path if path.exists() else UPSTREAM / name).read_text())
 
 
 @pytest.fixture
 def sample_bodies() -> list[dict[str, Any]]:
     """The real ESI bodies: a solo kill, a Sotiyo with 581 attackers, a titan with 982."""
-    return [load(path.name) for path in sorted(UPSTREAM.glob("esi_killmail_*.json"))]
+    return [load(path.name) for path in sorted(SAMPLES_DIR.glob("esi_killmail_*.json"))]
 
 
 _real_connect = socket.socket.connect

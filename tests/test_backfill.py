@@ -11,16 +11,16 @@ from django.core.management import CommandError, call_command
 
 from backfill import services, tasks
 from backfill.models import BackfillJob, FailedKillmail, PendingKillmail
-from backfill.zkillboard import (
+from killboard import ratelimit
+from killboard.ingest import ingest_killmails
+from killboard.models import Item, Killmail, Participant
+from upstream.errors import RateLimited
+from upstream.zkillboard import (
     ZkillboardBlocked,
     ZkillboardClient,
     ZkillboardRejected,
     page_path,
 )
-from killboard import ratelimit
-from killboard.ingest import ingest_killmails
-from killboard.models import Item, Killmail, Participant
-from killboard.ratelimit import RateLimited
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -15,15 +15,16 @@ from django.db import OperationalError
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from enrichment import esi, services, tasks
-from enrichment.esi import NAMES_MAX_IDS
+from enrichment import services, tasks
 from enrichment.models import QueuedRun
+from fakeupstream.server import FakeUpstream
+from fakeupstream.world import World
 from killboard.ingest import ingest_killmails
 from killboard.models import Alliance, Character, Corporation, ItemType, SolarSystem
 from tests.conftest import GENEROUS_BUCKETS
 from tests.factories import CharacterFactory, CorporationFactory
-from tests.fakeupstream.server import FakeUpstream
-from tests.fakeupstream.world import World
+from upstream import clients
+from upstream.esi import NAMES_MAX_IDS
 
 pytestmark = pytest.mark.django_db
 embedded_only = pytest.mark.skipif(
@@ -44,11 +45,11 @@ def world() -> World:
 @pytest.fixture
 def upstream(world: World, settings) -> Iterator[FakeUpstream]:
     """A fresh fake ESI per test, which the default client points at."""
-    esi._cached_client.cache_clear()
+    clients._esi.cache_clear()
     with FakeUpstream(world, esi_buckets=GENEROUS_BUCKETS) as server:
         settings.ESI_URL = server.esi_url
         yield server
-    esi._cached_client.cache_clear()
+    clients._esi.cache_clear()
     world.unresolvable_ids.clear()
 
 

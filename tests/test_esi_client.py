@@ -7,7 +7,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from enrichment.esi import (
+from fakeupstream.server import FakeUpstream
+from fakeupstream.world import World
+from killboard import ratelimit
+from tests.conftest import GENEROUS_BUCKETS
+from upstream.errors import RateLimited
+from upstream.esi import (
     ERROR_GATE,
     EsiClient,
     EsiError,
@@ -16,11 +21,6 @@ from enrichment.esi import (
     bucket_interval,
     parse_limit,
 )
-from killboard import ratelimit
-from killboard.ratelimit import RateLimited
-from tests.conftest import GENEROUS_BUCKETS
-from tests.fakeupstream.server import FakeUpstream
-from tests.fakeupstream.world import World
 
 pytestmark = pytest.mark.django_db
 

@@ -20,14 +20,13 @@ from typing import Any
 import pytest
 import requests
 
-from tests.fakeupstream.server import FakeUpstream
-from tests.fakeupstream.world import STRUCTURE_TYPES, World, killmail_time
+from fakeupstream.server import FakeUpstream
+from fakeupstream.world import SAMPLES_DIR, STRUCTURE_TYPES, World, killmail_time
 
 PILOT = 2117325769
 OTHER_PILOT = 95465499
 STRANGER = 90000001  # never referenced by any killmail
 FAST = 1e6  # zKillboard requests per second, where the rate is not what a test is about
-UPSTREAM_DATA = Path(__file__).parent / "data" / "upstream"
 GOOD_HEADERS = {
     "User-Agent": "killboard-backfill/0.1 (ops@example.com)",
     "Accept-Encoding": "gzip",
@@ -428,7 +427,7 @@ def test_names_404_when_one_id_is_unresolvable(
         detail = client.get(f"{upstream.esi_url}characters/{OTHER_PILOT}/", timeout=10)
     finally:
         world.unresolvable_ids.discard(OTHER_PILOT)
-    sample = (UPSTREAM_DATA / "esi_universe_names_404_issue1181.json").read_bytes()
+    sample = (SAMPLES_DIR / "esi_universe_names_404_issue1181.json").read_bytes()
     assert response.status_code == 404
     assert response.content == sample
     assert detail.status_code == 404
@@ -643,7 +642,7 @@ def test_control_endpoints_configure_and_report(
 
 
 def test_main_prints_its_urls_and_stops_on_sigterm() -> None:
-    command = [sys.executable, "-m", "tests.fakeupstream", "--port", "0"]
+    command = [sys.executable, "-m", "fakeupstream", "--port", "0"]
     command += ["--character", f"{PILOT}:250", "--item-shape", "mixed", "--zkb-rate", "100"]
     project = Path(__file__).resolve().parent.parent
     env = {**os.environ, "PYTHONPATH": str(project)}

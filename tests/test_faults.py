@@ -18,9 +18,9 @@ import pytest
 from django.db import connection
 
 from backfill.models import BackfillJob, FailedKillmail, PendingKillmail
+from config.queues import BACKFILL_QUEUES
 from killboard.models import Killmail
 from tests.workers import (
-    BACKFILL_QUEUES,
     all_finished,
     expected_rows,
     purge_queues,

@@ -24,9 +24,10 @@ import pytest
 import requests
 
 from backfill.models import BackfillJob
-from tests.fakeupstream.server import FakeUpstream
-from tests.fakeupstream.world import World
-from tests.workers import QUEUES, ROOT, purge_queues, require_services, service_env
+from config.queues import worker_command
+from fakeupstream.server import FakeUpstream
+from fakeupstream.world import World
+from tests.workers import ROOT, purge_queues, require_services, service_env
 
 pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
 
@@ -87,17 +88,8 @@ def flower_and_worker(
     )
     worker = subprocess.Popen(
         [
-            *celery,
-            "worker",
-            "-Q",
-            ",".join(QUEUES),
-            "--hostname",
-            f"flowertest-{uuid.uuid4().hex[:6]}@%h",
-            "--concurrency=2",
+            *worker_command(f"flowertest-{uuid.uuid4().hex[:6]}@%h", loglevel="INFO"),
             "--task-events",
-            "--without-gossip",
-            "--without-mingle",
-            "--loglevel=INFO",
         ],
         cwd=ROOT,
         env=env,

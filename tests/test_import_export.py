@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 from django.core.management import CommandError, call_command
 
+from fakeupstream.world import SAMPLES_DIR
 from killboard.models import Item, Killmail, Participant
 from killboard.readers import read_records
-from tests.conftest import UPSTREAM, load
+from tests.conftest import load
 from tests.factories import KillmailFactory
 
 pytestmark = pytest.mark.django_db
@@ -134,7 +135,7 @@ def test_hash_only_day_dump_entries_are_rejected_as_bodiless(tmp_path):
 
 def test_single_killmail_files_import(tmp_path):
     path = tmp_path / "one.json"
-    path.write_text((UPSTREAM / "esi_killmail_119455394.json").read_text())
+    path.write_text((SAMPLES_DIR / "esi_killmail_119455394.json").read_text())
 
     assert "1 new" in run("import_killmails", str(path))
 

@@ -20,8 +20,8 @@ from django.utils import timezone
 
 from backfill import services, tasks
 from backfill.models import BackfillJob, FailedKillmail, PendingKillmail
+from fakeupstream.world import World
 from killboard.models import Killmail
-from tests.fakeupstream.world import World
 from tests.workers import manage
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -28,8 +28,9 @@ from django.urls import reverse
 from api.models import ApiToken
 from backfill import services
 from backfill.models import BackfillJob, FailedKillmail
-from killboard.models import Character
+from killboard.models import Character, RejectedKillmail
 from tests.conftest import logged_in_client
+from tests.factories import KillmailFactory
 from tests.workers import ROOT, manage
 
 pytestmark = pytest.mark.django_db
@@ -39,6 +40,7 @@ JOBS = reverse("admin:backfill_backfilljob_changelist")
 ADD_JOB = reverse("admin:backfill_backfilljob_add")
 CHARACTERS = reverse("admin:killboard_character_changelist")
 TOKENS = reverse("admin:api_apitoken_changelist")
+REJECTED = reverse("admin:killboard_rejectedkillmail_changelist")
 ADD_TOKEN = reverse("admin:api_apitoken_add")
 ENRICHED_AT = datetime(2026, 1, 1, tzinfo=UTC)
 MUTATION = """
@@ -48,13 +50,14 @@ mutation { startKillmailBackfill(input: {characterId: 2117325769}) { success mes
 VIEW_PERMISSIONS = (
     "backfill.view_backfilljob",
     "killboard.view_character",
+    "killboard.view_rejectedkillmail",
     "api.view_apitoken",
 )
 
 
 @pytest.fixture
 def rows(admin_user: Any) -> dict[str, int]:
-    """A queued job, a cancelled one with a failure, an enriched character, an API token."""
+    """A queued job, a cancelled one with a failure, a character, a token, a retryable reject."""
     queued = services.create_job(CHARACTER)
     cancelled = services.create_job(CHARACTER + 1)
     services.cancel_job(cancelled.pk)
@@ -62,12 +65,17 @@ def rows(admin_user: Any) -> dict[str, int]:
     BackfillJob.objects.filter(pk=cancelled.pk).update(failed=1)
     character = Character.objects.create(id=CHARACTER, name="Pilot", details_updated_at=ENRICHED_AT)
     token, _ = ApiToken.objects.issue(admin_user, "bot")
+    record = KillmailFactory()
+    rejected = RejectedKillmail.objects.create(
+        killmail_id=record["killmail_id"], record=record, digest="0" * 64, reason="older rules"
+    )
     return {
         "admin": admin_user.pk,
         "queued": queued.pk,
         "cancelled": cancelled.pk,
         "character": character.id,
         "token": token.pk,
+        "rejected": rejected.pk,
     }
 
 
@@ -78,6 +86,7 @@ def snapshot() -> tuple[Any, ...]:
         FailedKillmail.objects.count(),
         sorted(Character.objects.values_list("id", "details_updated_at")),
         sorted(ApiToken.objects.values_list("pk", "is_active")),
+        sorted(RejectedKillmail.objects.values_list("pk", flat=True)),
     )
 
 
@@ -103,6 +112,7 @@ WRITE_PATHS: dict[str, tuple[str, Any]] = {
     "re-enrich characters": (CHARACTERS, lambda rows: action("re_enrich", rows["character"])),
     "issue an API token": (ADD_TOKEN, lambda rows: {"user": str(rows["admin"]), "name": "stolen"}),
     "revoke API tokens": (TOKENS, lambda rows: action("revoke", rows["token"])),
+    "retry rejected killmails": (REJECTED, lambda rows: action("retry", rows["rejected"])),
 }
 
 

@@ -18,13 +18,13 @@ from typing import Any
 
 import pytest
 
-from backfill import zkillboard
-from backfill.zkillboard import ZkillboardClient, ZkillboardUnavailable
-from enrichment import esi
-from enrichment.esi import ERROR_GATE, EsiClient, EsiNotFound
 from killboard import ratelimit, readers
-from killboard.ratelimit import MAX_UPSTREAM_WAIT, RateLimited, capped_wait
 from killboard.readers import UnreadableFile, read_records
+from upstream import esi, zkillboard
+from upstream.errors import RateLimited
+from upstream.esi import ERROR_GATE, EsiClient, EsiNotFound
+from upstream.limiter import MAX_UPSTREAM_WAIT, capped_wait
+from upstream.zkillboard import ZkillboardClient, ZkillboardUnavailable
 
 pytestmark = pytest.mark.django_db
 

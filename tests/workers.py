@@ -24,21 +24,13 @@ from django.db import connection
 from kombu import Connection
 
 from backfill.models import BackfillJob
+from config.queues import QUEUES, worker_command
 from killboard.models import Item, Killmail, Participant
 
 ROOT = Path(__file__).resolve().parent.parent
 # A virtual host of the tests' own, so workers of other runs (a benchmark, a dev's worker)
 # on the same RabbitMQ never take their messages.
 VHOST = "killboard_test"
-# The Procfile's worker_backfill queues, then worker_enrichment's.
-BACKFILL_QUEUES = ("zkillboard_backfill", "esi_killmail")
-QUEUES = (
-    *BACKFILL_QUEUES,
-    "esi_character_info_queue",
-    "esi_corporation_info_queue",
-    "esi_alliance_info_queue",
-    "esi_type_info_queue",
-)
 
 
 def require_services() -> None:
@@ -114,22 +106,7 @@ class Workers:
     def start(self, concurrency: int = 2) -> subprocess.Popen[bytes]:
         name = f"test{len(self.processes)}@%h"
         process = subprocess.Popen(
-            [
-                str(ROOT / ".venv" / "bin" / "celery"),
-                "-A",
-                "config",
-                "worker",
-                "-Q",
-                ",".join(self.queues),
-                "-c",
-                str(concurrency),
-                "-n",
-                name,
-                "--without-gossip",
-                "--without-mingle",
-                "-l",
-                "warning",
-            ],
+            worker_command(name, self.queues, concurrency),
             cwd=ROOT,
             env=self.env,
             start_new_session=True,  # its own process group, so a kill takes its children too

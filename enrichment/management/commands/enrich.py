@@ -15,8 +15,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from enrichment import services, tasks
-from enrichment.esi import EsiError
-from killboard.ratelimit import RateLimited
+from upstream.errors import UpstreamError
 
 POLL_SECONDS = 2.0
 
@@ -45,7 +44,7 @@ class Command(BaseCommand):
                 self._run_in_process(refresh, names_only)
             else:
                 self._queue(refresh, wait, names_only)
-        except (EsiError, RateLimited) as exc:
+        except UpstreamError as exc:
             raise CommandError(f"ESI failed: {exc}") from exc
         self.stdout.write(services.format_counts(services.enrichment_counts()))
 

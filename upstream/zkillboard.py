@@ -4,6 +4,7 @@ Filters are path segments ending with "/", never a query string or a disabled mo
 zKillboard answers errors as HTTP 200 with `{"error": ...}` (permanent), 429 when over the
 rate (wait as long as it says), and a redirect to /api/blocked.json once a client has made
 too many errors (stop). Every request first takes a slot of the deployment-wide limiter.
+Its errors are the kinds of `upstream.errors`, under zKillboard's names.
 
 A page item's hash is passed on only when it is 40 lowercase hex digits, else as "", so one
 bad item cannot fail its whole page forever: the caller records it if it came without a body.
@@ -13,12 +14,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import requests
 
-from killboard.ratelimit import RateLimited, capped_wait
-from killboard.shapes import HASH_PATTERN
+from upstream.errors import Blocked, RateLimited, Rejected, Unavailable, UpstreamError
+from upstream.esi import is_killmail_hash
+from upstream.http import Timeout, new_session
+from upstream.limiter import WORKER_MAX_WAIT, Limiter, capped_wait
 
 logger = logging.getLogger(__name__)
 
@@ -29,28 +32,20 @@ DEFAULT_RETRY_AFTER = 10.0
 LIMIT_NAME = "zkillboard"
 
 
-class ZkillboardError(Exception):
+class ZkillboardError(UpstreamError):
     """Any failure talking to zKillboard."""
 
 
-class ZkillboardUnavailable(ZkillboardError):
+class ZkillboardUnavailable(ZkillboardError, Unavailable):
     """A transient failure (network, 5xx, a broken body): retry with backoff."""
 
 
-class ZkillboardRejected(ZkillboardError):
+class ZkillboardRejected(ZkillboardError, Rejected):
     """zKillboard answered `{"error": ...}`: permanent for this request, never retried."""
 
 
-class ZkillboardBlocked(ZkillboardError):
+class ZkillboardBlocked(ZkillboardError, Blocked):
     """zKillboard redirected to blocked.json: this IP made too many errors; stop."""
-
-
-class Limiter(Protocol):
-    """The deployment-wide limiter (killboard.ratelimit) as this client uses it."""
-
-    def acquire(self, name: str, interval: float, max_wait: float) -> None: ...
-
-    def block(self, name: str, seconds: float) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -88,7 +83,7 @@ def _item(raw: Any) -> PageItem:
     if type(killmail_id) is not int or not isinstance(zkb, dict):
         raise ZkillboardUnavailable(f"page item lacks killmail_id or zkb: {raw!r:.80}")
     killmail_hash = zkb.get("hash")
-    if not (isinstance(killmail_hash, str) and HASH_PATTERN.fullmatch(killmail_hash)):
+    if not is_killmail_hash(killmail_hash):
         killmail_hash = ""
     body = {key: value for key, value in raw.items() if key != "zkb"}
     # Pages before 2026-06-27 hold only {"killmail_id", "zkb"}: the body comes from ESI.
@@ -104,20 +99,18 @@ class ZkillboardClient:
         contact: str,
         requests_per_second: float,
         limiter: Limiter,
-        max_wait: float = 60.0,
+        max_wait: float = WORKER_MAX_WAIT,
+        timeout: Timeout = TIMEOUT,
     ) -> None:
+        """Prepare a client for `base_url` (like https://zkillboard.com/api/).
+
+        A call waits inline at most `max_wait` seconds for a blocked slot, else `RateLimited`.
+        """
         self.base_url = base_url if base_url.endswith("/") else base_url + "/"
         self.interval = 1.0 / requests_per_second
         self.limiter = limiter
         self.max_wait = max_wait
-        self.session = requests.Session()
-        self.session.headers.update(
-            {
-                "User-Agent": f"killboard-backfill/0.1 (+contact: {contact})",
-                "Accept-Encoding": "gzip",
-                "Accept": "application/json",
-            }
-        )
+        self.session = new_session(contact, timeout)
 
     def fetch_page(
         self, target_type: str, target_id: int, page: int, year: int = 0, month: int = 0
@@ -126,9 +119,7 @@ class ZkillboardClient:
         path = page_path(target_type, target_id, page, year, month)
         self.limiter.acquire(LIMIT_NAME, self.interval, self.max_wait)
         try:
-            response = self.session.get(
-                self.base_url + path, timeout=TIMEOUT, allow_redirects=False
-            )
+            response = self.session.get(self.base_url + path, allow_redirects=False)
         except requests.RequestException as exc:
             raise ZkillboardUnavailable(f"{path}: {exc}") from exc
         return self._parse(path, response)

@@ -1,41 +1,39 @@
 """The one ESI client of the project: killmail bodies, bulk names and entity details.
 
-Free of Django models: it takes its base URL, contact and a limiter as arguments, so the
-backfill app (killmail bodies) and the enrichment app (names, details) share it, and tests can
-point it at the fake upstream. `default_client()` builds the process-wide instance from the
-Django settings.
+Free of Django: it takes its base URL, contact and a limiter as arguments, so the backfill
+app (killmail bodies) and the enrichment app (names, details) share it, and tests can point
+it at the fake upstream. `upstream.clients.esi_client()` builds the process-wide instance
+from the Django settings.
 
 Every request first waits on two limits shared by all processes through the limiter: the
 global error gate (`esi:errors`, held closed when ESI's error limit runs low or answers 420)
 and the token bucket of its route group (`esi:<group>`, paced from `X-Ratelimit-Limit`).
 The waits ESI names (`Retry-After`, `X-ESI-Error-Limit-Reset`) are capped by
-`killboard.ratelimit.capped_wait`. A killmail hash that is not 40 lowercase hex digits is
+`upstream.limiter.capped_wait`. A killmail hash that is not 40 lowercase hex digits is
 refused before any request: it would only cost an error (or reach another route).
 """
 
 from __future__ import annotations
 
 import email.utils
-import functools
 import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
 import requests
 
-from killboard.ratelimit import RateLimited, capped_wait
-from killboard.shapes import HASH_PATTERN
+from upstream.errors import RateLimited, Rejected, Unavailable, UpstreamError
+from upstream.http import Timeout, new_session
+from upstream.limiter import WORKER_MAX_WAIT, Limiter, capped_wait
 
 logger = logging.getLogger(__name__)
 
-APP_VERSION = "killboard-backfill/0.1"
+# The ESI behaviour this client is written against (sent as X-Compatibility-Date).
 COMPATIBILITY_DATE = "2025-12-16"
 TIMEOUT = 10.0  # seconds, for connecting and for each read
-DEFAULT_MAX_WAIT = 60.0  # seconds a call may wait inline for a slot before RateLimited
-EMBEDDED_MAX_WAIT = 7 * 24 * 3600.0  # in-process mode: always wait, there is no retry queue
 NAMES_MAX_IDS = 1000  # ESI's bound for POST /universe/names/
 
 ERROR_GATE = "esi:errors"
@@ -56,32 +54,24 @@ RATE_MARGIN_MIN_TOKENS = 5
 
 _LIMIT_RE = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*([smhd]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_HASH_RE = re.compile(r"[0-9a-f]{40}")
 
 
-class EsiError(Exception):
+class EsiError(UpstreamError):
     """ESI answered something other than what was asked for."""
 
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
 
-
-class EsiNotFound(EsiError):
+class EsiNotFound(EsiError, Rejected):
     """Permanent: ESI does not know the id (404), or a killmail id and hash do not match (422)."""
 
 
-class EsiUnavailable(EsiError):
+class EsiUnavailable(EsiError, Unavailable):
     """Transient: network error, timeout, 5xx or downtime, or a 200 that is not valid JSON."""
 
 
-class Limiter(Protocol):
-    """Request slots shared by every process (`killboard.ratelimit` implements it)."""
-
-    def acquire(self, name: str, interval: float, max_wait: float) -> None:
-        """Wait for the next slot of `name`, or raise `RateLimited`."""
-
-    def block(self, name: str, seconds: float) -> None:
-        """Hold every process back from `name` for `seconds`."""
+def is_killmail_hash(value: object) -> bool:
+    """Whether `value` is a killmail hash as ESI's route takes it: 40 lowercase hex digits."""
+    return type(value) is str and _HASH_RE.fullmatch(value) is not None
 
 
 @dataclass(frozen=True)
@@ -145,23 +135,17 @@ class EsiClient:
         contact: str,
         limiter: Limiter,
         *,
-        max_wait: float = DEFAULT_MAX_WAIT,
-        timeout: float = TIMEOUT,
+        max_wait: float = WORKER_MAX_WAIT,
+        timeout: Timeout = TIMEOUT,
     ) -> None:
-        """Prepare a client for `base_url` (like https://esi.evetech.net/)."""
+        """Prepare a client for `base_url` (like https://esi.evetech.net/).
+
+        A call waits inline at most `max_wait` seconds for a blocked slot, else `RateLimited`.
+        """
         self.base_url = base_url if base_url.endswith("/") else base_url + "/"
         self.limiter = limiter
         self.max_wait = max_wait
-        self.timeout = timeout
-        self.session = requests.Session()
-        self.session.headers.update(
-            {
-                "User-Agent": f"{APP_VERSION} (+contact: {contact})",
-                "X-Compatibility-Date": COMPATIBILITY_DATE,
-                "Accept-Encoding": "gzip",
-                "Accept": "application/json",
-            }
-        )
+        self.session = new_session(contact, timeout, compatibility_date=COMPATIBILITY_DATE)
         # Seconds between requests per route group, learned from X-Ratelimit-Limit.
         self._intervals: dict[str, float] = {}
 
@@ -175,7 +159,7 @@ class EsiClient:
         """
         if type(killmail_id) is not int or killmail_id <= 0:
             raise EsiNotFound(f"killmail {killmail_id!r:.40}: the id is not a positive integer")
-        if not (isinstance(killmail_hash, str) and HASH_PATTERN.fullmatch(killmail_hash)):
+        if not is_killmail_hash(killmail_hash):
             raise EsiNotFound(
                 f"killmail {killmail_id}: hash {killmail_hash!r:.60} is not 40 hex digits"
             )
@@ -240,9 +224,7 @@ class EsiClient:
         self.limiter.acquire(f"esi:{group}", self.interval(group), self.max_wait)
         url = self.base_url + path
         try:
-            response = self.session.request(
-                method, url, json=json, headers=headers, timeout=self.timeout
-            )
+            response = self.session.request(method, url, json=json, headers=headers)
         except requests.RequestException as exc:
             logger.warning("ESI %s %s failed: %r", method, path, exc)
             raise EsiUnavailable(f"{method} {path}: {exc!r}") from exc
@@ -306,24 +288,3 @@ class EsiClient:
                 response.status_code,
             )
         return data
-
-
-@functools.cache
-def _cached_client(base_url: str, contact: str, max_wait: float) -> EsiClient:
-    from killboard import ratelimit
-
-    return EsiClient(base_url, contact, ratelimit, max_wait=max_wait)
-
-
-def default_client(max_wait: float | None = None) -> EsiClient:
-    """The process-wide client for settings.ESI_URL, reusing one session and what it learned.
-
-    Without a broker (the embedded default) there is no retry queue, so it waits inline as
-    long as ESI asks; with a broker it waits at most a minute, then the task retries later.
-    """
-    from django.conf import settings
-
-    if max_wait is None:
-        eager = getattr(settings, "CELERY_TASK_ALWAYS_EAGER", False)
-        max_wait = EMBEDDED_MAX_WAIT if eager else DEFAULT_MAX_WAIT
-    return _cached_client(settings.ESI_URL, settings.EVE_CONTACT, max_wait)

@@ -1,0 +1,54 @@
+"""The one way to make an HTTP session for an upstream: a timeout always, and the headers
+zKillboard and ESI require (a User-Agent with app, version and contact; gzip).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import requests
+
+APP = "killboard-backfill"
+VERSION = "0.1"
+
+# Seconds to connect, and to wait for each read; or one number for both.
+Timeout = float | tuple[float, float]
+
+
+class UpstreamSession(requests.Session):
+    """A session whose every request has a timeout: its own unless the call names one."""
+
+    def __init__(self, timeout: Timeout) -> None:
+        super().__init__()
+        self.timeout = timeout
+
+    def request(self, method: str | bytes, url: str | bytes, **kwargs: Any) -> requests.Response:
+        """Send a request, with the session's timeout unless `timeout` is given."""
+        kwargs.setdefault("timeout", self.timeout)
+        return super().request(method, url, **kwargs)
+
+
+def user_agent(contact: str) -> str:
+    """The User-Agent of every request: app, version and how to reach the operator."""
+    return f"{APP}/{VERSION} (+contact: {contact})"
+
+
+def new_session(
+    contact: str, timeout: Timeout, *, compatibility_date: str | None = None
+) -> UpstreamSession:
+    """A session for one client, reused across its calls.
+
+    `compatibility_date` is ESI's `X-Compatibility-Date`: the date of the API behaviour the
+    client was written against.
+    """
+    session = UpstreamSession(timeout)
+    session.headers.update(
+        {
+            "User-Agent": user_agent(contact),
+            "Accept-Encoding": "gzip",
+            "Accept": "application/json",
+        }
+    )
+    if compatibility_date:
+        session.headers["X-Compatibility-Date"] = compatibility_date
+    return session
