@@ -185,7 +185,8 @@ def split_record(record: Any) -> tuple[Mapping[str, Any], Mapping[str, Any] | No
     """Return (ESI body, zkb or None) from any shape zKillboard or ESI hands out.
 
     Accepted: the body with an optional `zkb` key (zKillboard pages since 2026-06-27, our
-    export), `{"killmail": body, "zkb": ...}`, and a RedisQ `{"package": {...}}`.
+    export), `{"killmail": body, "zkb": ...}`, a RedisQ `{"package": {...}}` and an R2Z2
+    package `{"killmail_id", "hash", "esi": body, "zkb": ...}`.
     """
     if isinstance(record, Mapping) and "package" in record:
         package = record["package"]
@@ -198,6 +199,9 @@ def split_record(record: Any) -> tuple[Mapping[str, Any], Mapping[str, Any] | No
         raise InvalidKillmail(None, f"expected a killmail object, got {short_repr(record)}")
     if "killmail" in record:
         return record["killmail"], _zkb(record, record["killmail"])
+    if "esi" in record:
+        # An R2Z2 package: its killmail_id, hash, uploaded_at and sequence_id are the feed's.
+        return record["esi"], _zkb(record, record["esi"])
     if "zkb" in record:
         body = {key: value for key, value in record.items() if key != "zkb"}
         if body.keys() <= {"killmail_id"}:

@@ -55,6 +55,19 @@ def test_redisq_package_round_trips_with_its_zkb():
     assert Killmail.objects.get().labels == package["zkb"]["labels"]
 
 
+def test_r2z2_package_round_trips_with_its_zkb_extras():
+    package = load("r2z2_package_134265477.json")
+
+    ingest_killmails([package])
+
+    [record] = exported([package["killmail_id"]])
+    assert record == {**package["esi"], "zkb": package["zkb"]}
+    assert Killmail.objects.get().zkb_extra == {
+        "attackerCount": package["zkb"]["attackerCount"],
+        "href": package["zkb"]["href"],
+    }
+
+
 def test_structure_victim_without_character_is_stored():
     body = load("esi_killmail_107220741.json")
 
