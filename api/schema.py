@@ -21,8 +21,10 @@ from strawberry.permission import BasePermission
 from strawberry.schema.config import StrawberryConfig
 from strawberry.types import Info
 
-from backfill import services, tasks
-from backfill.models import ZKB_PAGE_SIZE, BackfillJob
+from backfill import lifecycle, tasks
+from backfill.models import BackfillJob
+from backfill.paging import ZKB_PAGE_SIZE
+from killboard.inputs import positive_id
 from killboard.models import Entity, Item, Killmail, Participant
 
 # Deepest selection: killmails { items { victim { character { name } } } } is depth 4.
@@ -375,9 +377,8 @@ class Query:
     @strawberry.field(permission_classes=[CanViewJobs])
     def backfill_job(self, id: strawberry.ID) -> BackfillJobType | None:
         """One job by id."""
-        text = str(id)
-        valid = text.isascii() and text.isdigit() and int(text) < 2**63
-        job = BackfillJob.objects.filter(pk=int(text)).first() if valid else None
+        job_id = positive_id(str(id))
+        job = BackfillJob.objects.filter(pk=job_id).first() if job_id else None
         return BackfillJobType.from_model(job) if job else None
 
     @strawberry.field(permission_classes=[CanViewKillmails])
@@ -416,14 +417,14 @@ class Mutation:
         """Create a backfill job for a character and queue it (the original system's shape)."""
         options = input.options or BackfillOptionsInput()
         try:
-            job = services.create_job(
+            job = lifecycle.create_job(
                 input.character_id,
                 from_date=options.from_date,
                 max_pages=options.max_pages,
                 limit=ZKB_PAGE_SIZE if options.limit is None else options.limit,
                 skip_existing=options.skip_existing,
             )
-        except services.InvalidBackfill as exc:
+        except lifecycle.InvalidBackfill as exc:
             return StartKillmailBackfillPayload(success=False, message=str(exc))
         tasks.start_job(job.pk)
         job.refresh_from_db()

@@ -1,6 +1,6 @@
 """Backfill in the admin: start jobs, watch them, cancel, resume, retry their failures.
 
-Options are validated by `backfill.services.create_job`, so the admin shows the same one-line
+Options are validated by `backfill.lifecycle.create_job`, so the admin shows the same one-line
 errors as `manage.py backfill_character`. Starting work needs the custom permission
 `backfill.start_backfill` besides the model permissions.
 
@@ -25,9 +25,11 @@ from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
-from backfill import services, tasks
-from backfill.models import ZKB_PAGE_SIZE, BackfillJob, FailedKillmail
+from backfill import lifecycle, tasks
+from backfill.models import BackfillJob, FailedKillmail
+from backfill.paging import ZKB_PAGE_SIZE
 from killboard.admin import AdminExtension, extend_admin
+from killboard.inputs import is_whole_number
 from killboard.models import Character
 
 START_PERMISSION = "backfill.start_backfill"
@@ -42,7 +44,7 @@ def _whole_number(value: str, default: int | None) -> int | str | None:
     text = (value or "").strip()
     if not text:
         return default
-    return int(text) if services.is_whole_number(text) else text
+    return int(text) if is_whole_number(text) else text
 
 
 class BackfillOptionsForm(forms.Form):
@@ -83,11 +85,11 @@ class BackfillOptionsForm(forms.Form):
         """Validate through create_job: the job it creates is rolled back at once."""
         try:
             with transaction.atomic():
-                services.create_job(target_id, **self.job_options())
+                lifecycle.create_job(target_id, **self.job_options())
                 raise _DryRun
         except _DryRun:
             pass
-        except services.InvalidBackfill as exc:
+        except lifecycle.InvalidBackfill as exc:
             raise ValidationError(str(exc)) from None
 
 
@@ -234,7 +236,7 @@ class BackfillJobAdmin(StartBackfillPermission, admin.ModelAdmin):
     def save_form(self, request: HttpRequest, form: forms.ModelForm, change: bool) -> Any:
         if change:
             return super().save_form(request, form, change)
-        return services.create_job(form.cleaned_data["character_id"], **form.job_options())
+        return lifecycle.create_job(form.cleaned_data["character_id"], **form.job_options())
 
     def save_model(self, request: HttpRequest, obj: BackfillJob, form: Any, change: bool) -> None:
         if change:
@@ -293,13 +295,13 @@ class BackfillJobAdmin(StartBackfillPermission, admin.ModelAdmin):
     @admin.action(description="Cancel", permissions=["change"])
     def cancel(self, request: HttpRequest, queryset: QuerySet) -> None:
         ids = list(queryset.values_list("pk", flat=True))
-        cancelled = sum(services.cancel_job(job_id) for job_id in ids)
+        cancelled = sum(lifecycle.cancel_job(job_id) for job_id in ids)
         self.message_user(request, f"Cancelled {cancelled} of {len(ids)} jobs (others had ended).")
 
     @admin.action(description="Resume", permissions=["start_backfill"])
     def resume(self, request: HttpRequest, queryset: QuerySet) -> None:
         ids = list(queryset.values_list("pk", flat=True))
-        resumed = [job_id for job_id in ids if services.reopen_job(job_id)]
+        resumed = [job_id for job_id in ids if lifecycle.reopen_job(job_id)]
         for job_id in resumed:
             tasks.start_job(job_id)
         self.message_user(request, f"Resumed {len(resumed)} of {len(ids)} jobs.")
@@ -307,7 +309,7 @@ class BackfillJobAdmin(StartBackfillPermission, admin.ModelAdmin):
     @admin.action(description="Retry failed killmails", permissions=["start_backfill"])
     def retry_failed(self, request: HttpRequest, queryset: QuerySet) -> None:
         jobs = list(queryset.filter(failed__gt=0).values_list("pk", "failed"))
-        started = [pk for pk, _ in jobs if services.reopen_job(pk, retry_failed=True)]
+        started = [pk for pk, _ in jobs if lifecycle.reopen_job(pk, retry_failed=True)]
         for job_id in started:
             tasks.start_job(job_id)
         retried = sum(failed for pk, failed in jobs if pk in started)
@@ -325,7 +327,7 @@ def backfill_this_character(
     if applying and form.is_valid():
         options = form.job_options()
         for character in characters:
-            tasks.start_job(services.create_job(character.id, **options).pk)
+            tasks.start_job(lifecycle.create_job(character.id, **options).pk)
         model_admin.message_user(request, f"Started {len(characters)} backfill jobs.")
         return HttpResponseRedirect(reverse("admin:backfill_backfilljob_changelist"))
     context = {

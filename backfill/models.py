@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import models
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
-# zKillboard's page size and its deepest page for one filter.
-ZKB_PAGE_SIZE = 200
-ZKB_MAX_PAGE = 100
+from backfill.paging import ZKB_PAGE_SIZE
+
+
+class BackfillJobQuerySet(models.QuerySet):
+    """The filters the job lifecycle (`backfill.lifecycle`) builds its conditional UPDATEs on."""
+
+    def active(self) -> BackfillJobQuerySet:
+        """Jobs still queued or running: the only ones any step may change."""
+        return self.filter(status__in=BackfillJob.ACTIVE)
+
+    def lease_free(self, now: datetime) -> BackfillJobQuerySet:
+        """Jobs whose page no worker holds: never leased, or the lease ran out by `now`."""
+        return self.filter(Q(lease_until__isnull=True) | Q(lease_until__lt=now))
 
 
 class BackfillJob(models.Model):
@@ -96,6 +106,8 @@ class BackfillJob(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
+
+    objects = BackfillJobQuerySet.as_manager()
 
     class Meta:
         ordering = ("-created_at",)

@@ -1,21 +1,17 @@
-"""Backfill services: create a job, walk its zKillboard pages, complete bodies from ESI.
+"""Backfill services: store a job's zKillboard pages and complete their bodies from ESI.
 
-Paging (zKillboard rules): pages 1..100 of the target's whole history, newest first, 200
-killmails a page; when page 100 is full, the rest is walked month by month (`year/Y/month/M/`,
-newest month first) listing only killmails older than the last one of page 100. A page with
-fewer than 200 killmails ends its listing. `from_date` ends the walk at the first killmail
-before it; `max_pages x limit` bounds the killmails listed.
-
-Each page is processed in one transaction that also moves the job's cursor, so a crash costs
-a retry of that page, never a killmail. Pages are owned through a lease on the job row and
-pending bodies through claims on their rows (a conditional UPDATE whose row count decides),
-so redelivered or duplicated messages do no work twice.
+Each page is processed in one transaction that also moves the job's cursor (compare-and-set,
+`backfill.lifecycle.move_cursor`), so a crash costs a retry of that page, never a killmail;
+the caller holds the page's lease. A page's killmails with a body are stored at once; the
+others become pending rows, fetched from ESI in chunks of BODY_CHUNK. Pending bodies are
+owned through claims on their rows (a conditional UPDATE whose row count decides), so
+redelivered or duplicated messages fetch no body twice; bodies fetched before an error are
+stored before it propagates. Where the listing goes next is `backfill.paging`'s arithmetic.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -24,16 +20,11 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Case, Exists, OuterRef, Q, Value, When
+from django.db.models import Q
 from django.utils import timezone
 
-from backfill.models import (
-    ZKB_MAX_PAGE,
-    ZKB_PAGE_SIZE,
-    BackfillJob,
-    FailedKillmail,
-    PendingKillmail,
-)
+from backfill import lifecycle, paging
+from backfill.models import BackfillJob, FailedKillmail, PendingKillmail
 from killboard.ingest import Rejection, ingest_killmails, quarantine, update_zkb
 from killboard.models import Character, Killmail
 from killboard.shapes import parse_time
@@ -44,15 +35,6 @@ logger = logging.getLogger(__name__)
 
 # Killmail bodies fetched from ESI by one task.
 BODY_CHUNK = 50
-# zKillboard's history starts here; a month walk never goes further back.
-HISTORY_START = date(2007, 12, 1)
-DATE_PATTERN = re.compile(r"\d{4}-\d{2}-\d{2}")
-# The most max_pages a job can hold (BackfillJob.max_pages is a 32-bit column).
-MAX_PAGES = 2**31 - 1
-
-
-class InvalidBackfill(ValueError):
-    """Options a backfill cannot run with; `str()` is one clear line for the user."""
 
 
 @dataclass(frozen=True)
@@ -73,152 +55,6 @@ class BodiesOutcome:
     """
 
     come_back_in: float
-
-
-def is_whole_number(text: str) -> bool:
-    """Whether `text` is ASCII digits only (`str.isdigit()` also takes '١٢٣' and '²')."""
-    return text.isascii() and text.isdigit()
-
-
-def parse_positive_id(value: Any, what: str = "character id") -> int:
-    """An EVE id from user input: a positive integer, or `InvalidBackfill`."""
-    text = str(value).strip()
-    if not is_whole_number(text) or not 0 < int(text) < 2**63:
-        raise InvalidBackfill(f"{what} must be a positive whole number, got {value!r}")
-    return int(text)
-
-
-def parse_from_date(value: Any) -> date | None:
-    """A YYYY-MM-DD date from user input (empty: none), or `InvalidBackfill`."""
-    if value in (None, ""):
-        return None
-    if isinstance(value, date):
-        return value
-    text = str(value).strip()
-    if DATE_PATTERN.fullmatch(text):
-        try:
-            return date.fromisoformat(text)
-        except ValueError:
-            pass
-    raise InvalidBackfill(f"from date must be a real date like 2023-01-01, got {value!r}")
-
-
-def create_job(
-    target_id: Any,
-    *,
-    target_type: str = BackfillJob.TargetType.CHARACTER,
-    from_date: Any = None,
-    max_pages: int | None = None,
-    limit: int = ZKB_PAGE_SIZE,
-    skip_existing: bool = True,
-) -> BackfillJob:
-    """Validate the options and create a queued job (not started); `InvalidBackfill` if bad."""
-    if target_type not in BackfillJob.TargetType.values:
-        raise InvalidBackfill(f"target type must be one of {', '.join(BackfillJob.TargetType)}")
-    target = parse_positive_id(target_id, f"{target_type} id")
-    start = parse_from_date(from_date)
-    if start and start > timezone.now().date():
-        raise InvalidBackfill(f"from date {start} is in the future")
-    if max_pages is not None and (type(max_pages) is not int or max_pages < 1):
-        raise InvalidBackfill(f"max pages must be a whole number of at least 1, got {max_pages!r}")
-    if max_pages is not None and max_pages > MAX_PAGES:
-        raise InvalidBackfill(f"max pages must be at most {MAX_PAGES}, got {max_pages!r}")
-    if type(limit) is not int or not 1 <= limit <= ZKB_PAGE_SIZE:
-        raise InvalidBackfill(f"limit must be a whole number from 1 to 200, got {limit!r}")
-    return BackfillJob.objects.create(
-        target_type=target_type,
-        target_id=target,
-        from_date=start,
-        max_pages=max_pages,
-        limit=limit,
-        skip_existing=skip_existing,
-    )
-
-
-def parse_cursor(cursor: str) -> tuple[int, int, int]:
-    """(year, month, page) of a cursor; year and month are 0 for the whole history."""
-    period, page = cursor.split("/")
-    if period == "all":
-        return 0, 0, int(page)
-    year, month = period.split("-")
-    return int(year), int(month), int(page)
-
-
-def make_cursor(year: int, month: int, page: int) -> str:
-    """The cursor of a page: `all/N` or `YYYY-MM/N`."""
-    return f"all/{page}" if not year else f"{year:04d}-{month:02d}/{page}"
-
-
-def _history_start(job: BackfillJob) -> date:
-    """The first month the month walk must cover."""
-    if job.from_date:
-        return job.from_date.replace(day=1)
-    if job.target_type == BackfillJob.TargetType.CHARACTER:
-        birthday = (
-            Character.objects.filter(id=job.target_id).values_list("birthday", flat=True).first()
-        )
-        if birthday:
-            return birthday.date().replace(day=1)
-    return HISTORY_START
-
-
-def _next_cursor(
-    job: BackfillJob, year: int, month: int, page: int, full: bool, oldest: datetime | None
-) -> str | None:
-    if full and page < ZKB_MAX_PAGE:
-        return make_cursor(year, month, page + 1)
-    if not year:
-        if not full:
-            return None
-        # Page 100 is full: the rest of the history, month by month from the oldest seen.
-        start = oldest or timezone.now()
-        return make_cursor(start.year, start.month, 1)
-    if full:
-        logger.warning(
-            "Job %s: month %s-%s has more than 20,000 killmails; zKillboard serves no more",
-            job.pk,
-            year,
-            month,
-        )
-    previous = (date(year, month, 1) - timedelta(days=1)).replace(day=1)
-    if previous < _history_start(job):
-        return None
-    return make_cursor(previous.year, previous.month, 1)
-
-
-def claim_page(job_id: int, cursor: str) -> bool:
-    """Take the lease on the job's page at `cursor`; False if the page is not ours to do."""
-    now = timezone.now()
-    return bool(
-        BackfillJob.objects.filter(
-            Q(lease_until__isnull=True) | Q(lease_until__lt=now),
-            pk=job_id,
-            cursor=cursor,
-            paging_done=False,
-            status__in=BackfillJob.ACTIVE,
-        ).update(
-            lease_until=now + timedelta(seconds=settings.BACKFILL_LEASE_SECONDS),
-            status=BackfillJob.Status.RUNNING,
-            updated_at=now,
-        )
-    )
-
-
-def page_lease_left(job_id: int, cursor: str) -> float | None:
-    """Seconds left on another worker's lease of this page; None if the page is not pending."""
-    job = BackfillJob.objects.filter(
-        pk=job_id, cursor=cursor, paging_done=False, status__in=BackfillJob.ACTIVE
-    ).first()
-    if job is None:
-        return None
-    if job.lease_until is None:
-        return 0.0
-    return max(0.0, (job.lease_until - timezone.now()).total_seconds())
-
-
-def release_page(job_id: int) -> None:
-    """Give the page back, e.g. before a retry, so the retry need not wait for the lease."""
-    BackfillJob.objects.filter(pk=job_id).update(lease_until=None)
 
 
 def _with_oldest_body(
@@ -267,52 +103,58 @@ def process_page(job_id: int, cursor: str, zkb: ZkillboardClient, esi: EsiClient
     Bodies on the page are stored now; killmails without one become pending rows for ESI.
     """
     job = BackfillJob.objects.get(pk=job_id)
-    if job.started_at is None:
-        BackfillJob.objects.filter(pk=job_id, started_at=None).update(started_at=timezone.now())
-    year, month, page = parse_cursor(cursor)
+    lifecycle.mark_started(job)
+    year, month, page = paging.parse_cursor(cursor)
     items = zkb.fetch_page(job.target_type, job.target_id, page, year, month)
-    full = len(items) == ZKB_PAGE_SIZE
-    if year and job.boundary_id:
-        items = [item for item in items if item.killmail_id < job.boundary_id]
-
-    done = False
-    if job.max_killmails is not None and len(items) >= job.max_killmails - job.killmails_listed:
-        items, done = items[: job.max_killmails - job.killmails_listed], True
+    full = paging.is_full(items)
+    left = None if job.max_killmails is None else job.max_killmails - job.killmails_listed
+    items, done = paging.listed_items(items, year, job.boundary_id, left)
     oldest = None
     boundary_id = job.boundary_id
-    if items and (job.from_date or (not year and page == ZKB_MAX_PAGE and full)):
+    if items and (job.from_date or (paging.ends_whole_history(year, page) and full)):
         items, oldest = _with_oldest_body(items, esi)
-        if not year and page == ZKB_MAX_PAGE:
+        if paging.ends_whole_history(year, page):
             boundary_id = items[-1].killmail_id
-    if job.from_date and oldest and oldest.date() < job.from_date:
-        done = True
+    done = done or paging.reached_from_date(oldest, job.from_date)
     next_cursor = None if done else _next_cursor(job, year, month, page, full, oldest)
 
     with transaction.atomic():
         counts = _store_page(job, items, source=f"backfill #{job_id}, zKillboard page {cursor}")
-        moved = BackfillJob.objects.filter(
-            pk=job_id, cursor=cursor, status__in=BackfillJob.ACTIVE
-        ).update(
-            cursor=next_cursor or cursor,
-            paging_done=next_cursor is None,
-            boundary_id=boundary_id,
-            lease_until=None,
-            updated_at=timezone.now(),
-        )
-        if not moved:
+        if not lifecycle.move_cursor(job_id, cursor, next_cursor, boundary_id):
             # Cancelled meanwhile, or someone else did this page: keep nothing of ours.
             transaction.set_rollback(True)
             return PageOutcome(None, [])
         job.add_counts(pages_fetched=1, killmails_listed=len(items), **counts)
-    pending_ids = list(
-        PendingKillmail.objects.filter(
-            job_id=job_id, killmail_id__in=[i.killmail_id for i in items]
-        )
-        .order_by("-killmail_id")
-        .values_list("killmail_id", flat=True)
-    )
     logger.info("Job %s: page %s done, %s listed, next %s", job_id, cursor, len(items), next_cursor)
-    return PageOutcome(next_cursor, pending_ids)
+    return PageOutcome(next_cursor, pending_among(job_id, [i.killmail_id for i in items]))
+
+
+def _next_cursor(
+    job: BackfillJob, year: int, month: int, page: int, full: bool, oldest: datetime | None
+) -> str | None:
+    """The cursor after this page (`paging.next_cursor`), with what it needs looked up."""
+    if year and full and page >= paging.ZKB_MAX_PAGE:
+        logger.warning(
+            "Job %s: month %s-%s has more than 20,000 killmails; zKillboard serves no more",
+            job.pk,
+            year,
+            month,
+        )
+    # Only a month walk needs its first month (and with it, maybe, the birthday).
+    start = _history_start(job) if year else paging.HISTORY_START
+    return paging.next_cursor(
+        year, month, page, full=full, oldest=oldest, start=start, now=timezone.now()
+    )
+
+
+def _history_start(job: BackfillJob) -> date:
+    """The first month the month walk must cover: from_date's, else the character's birthday."""
+    birthday = None
+    if not job.from_date and job.target_type == BackfillJob.TargetType.CHARACTER:
+        birthday = (
+            Character.objects.filter(id=job.target_id).values_list("birthday", flat=True).first()
+        )
+    return paging.history_start(job.from_date, birthday.date() if birthday else None)
 
 
 def _store_page(job: BackfillJob, items: list[PageItem], source: str) -> dict[str, int]:
@@ -496,90 +338,6 @@ def _store_bodies(
         )
 
 
-def finish_if_done(job_id: int) -> bool:
-    """End the job once paging is done and no body is pending; True if this call ended it.
-
-    It ends succeeded only when no killmail failed or was rejected, else partial. One
-    conditional UPDATE decides both, on the counters as the row holds them, so workers
-    finishing at once cannot end it twice or report a success that is not one.
-    """
-    outcome = Case(
-        When(Q(failed__gt=0) | Q(rejected__gt=0), then=Value(BackfillJob.Status.PARTIAL)),
-        default=Value(BackfillJob.Status.SUCCEEDED),
-    )
-    return bool(
-        BackfillJob.objects.filter(
-            ~Exists(PendingKillmail.objects.filter(job_id=OuterRef("pk"))),
-            pk=job_id,
-            paging_done=True,
-            status__in=BackfillJob.ACTIVE,
-        ).update(status=outcome, finished_at=timezone.now(), lease_until=None)
-    )
-
-
-def fail_job(job_id: int, error: str) -> None:
-    """Stop the job with a clear error (permanent upstream error, retries exhausted)."""
-    logger.error("Job %s failed: %s", job_id, error)
-    BackfillJob.objects.filter(pk=job_id, status__in=BackfillJob.ACTIVE).update(
-        status=BackfillJob.Status.FAILED,
-        last_error=error,
-        finished_at=timezone.now(),
-        lease_until=None,
-    )
-
-
-def note_error(job_id: int, error: str) -> None:
-    """Record a transient error on the job, which goes on."""
-    BackfillJob.objects.filter(pk=job_id).update(last_error=error, updated_at=timezone.now())
-
-
-def cancel_job(job_id: int) -> bool:
-    """Cancel a queued or running job; its tasks stop at their next step."""
-    return bool(
-        BackfillJob.objects.filter(pk=job_id, status__in=BackfillJob.ACTIVE).update(
-            status=BackfillJob.Status.CANCELLED, finished_at=timezone.now(), lease_until=None
-        )
-    )
-
-
-def reopen_job(job_id: int, *, retry_failed: bool = False) -> bool:
-    """Queue a job again from where it stands; False if there is nothing to do.
-
-    A cancelled or failed job resumes at its cursor with its pending bodies. With
-    `retry_failed`, the killmails it could not store become pending again (any status). A
-    finished job (succeeded or partial) is reopened only when there are failures to retry.
-    """
-    with transaction.atomic():
-        job = BackfillJob.objects.select_for_update().get(pk=job_id)
-        retried = 0
-        if retry_failed:
-            failures = list(job.failures.exclude(killmail_hash=""))
-            PendingKillmail.objects.bulk_create(
-                [
-                    PendingKillmail(
-                        job=job,
-                        killmail_id=f.killmail_id,
-                        killmail_hash=f.killmail_hash,
-                        # A failure may have no zkb; a pending body needs one: its hash at least.
-                        zkb=f.zkb or {"hash": f.killmail_hash},
-                    )
-                    for f in failures
-                ],
-                ignore_conflicts=True,
-            )
-            job.failures.filter(pk__in=[f.pk for f in failures]).delete()
-            job.add_counts(failed=-len(failures))
-            retried = len(failures)
-        if job.is_active:
-            return retried > 0
-        if job.status in BackfillJob.FINISHED and not retried:
-            return False
-        BackfillJob.objects.filter(pk=job_id).update(
-            status=BackfillJob.Status.QUEUED, finished_at=None, last_error="", lease_until=None
-        )
-    return True
-
-
 def pending_chunks(job_id: int) -> list[list[int]]:
     """The job's pending body ids in chunks of BODY_CHUNK, newest first."""
     ids = list(
@@ -588,23 +346,6 @@ def pending_chunks(job_id: int) -> list[list[int]]:
         .values_list("killmail_id", flat=True)
     )
     return [ids[start : start + BODY_CHUNK] for start in range(0, len(ids), BODY_CHUNK)]
-
-
-def stalled_jobs() -> list[BackfillJob]:
-    """Running jobs that made no progress for a while and hold no live lease."""
-    now = timezone.now()
-    return list(
-        BackfillJob.objects.filter(
-            Q(lease_until__isnull=True) | Q(lease_until__lt=now),
-            status=BackfillJob.Status.RUNNING,
-            updated_at__lt=now - timedelta(seconds=settings.BACKFILL_STALLED_AFTER_SECONDS),
-        )
-    )
-
-
-def touch(job_id: int) -> None:
-    """Note progress (a retry scheduled), so the watchdog leaves the job alone."""
-    BackfillJob.objects.filter(pk=job_id).update(updated_at=timezone.now())
 
 
 def give_up_bodies(job_id: int, killmail_ids: list[int], reason: str) -> None:
@@ -617,10 +358,3 @@ def give_up_bodies(job_id: int, killmail_ids: list[int], reason: str) -> None:
         )
         PendingKillmail.objects.filter(pk__in=[p.pk for p in pending]).delete()
         job.add_counts(failed=len(pending))
-
-
-def record_task_id(job_id: int, task_id: str, kept: int) -> None:
-    """Remember a queued page task's id on the job (the latest `kept` of them)."""
-    with transaction.atomic():
-        job = BackfillJob.objects.select_for_update().only("task_ids").get(pk=job_id)
-        BackfillJob.objects.filter(pk=job_id).update(task_ids=[*job.task_ids, task_id][-kept:])

@@ -53,10 +53,10 @@ def nominal_bodies_per_second() -> float:
 def run_job(character_id: int, fake: FakeProcess | None = None) -> tuple[Any, list[tuple]]:
     """Start a backfill on the workers and wait for its end; return the job and, when
     `fake` is given, (seconds, ESI killmail calls) samples taken along the way."""
-    from backfill import services, tasks
+    from backfill import lifecycle, tasks
     from backfill.models import BackfillJob
 
-    job = services.create_job(character_id)
+    job = lifecycle.create_job(character_id)
     tasks.start_job(job.pk)
     samples: list[tuple[float, int]] = []
     deadline = time.monotonic() + JOB_TIMEOUT

@@ -2,92 +2,58 @@
 
 Queues (config/settings.py CELERY_TASK_ROUTES): names and characters on
 `esi_character_info_queue`, then one queue per detail kind. Every task is idempotent (it
-works from what the database says is due), so all run with acks_late. Transient ESI failures
-and a lost database connection retry with backoff and jitter; a rate limit retries when ESI
-says; permanent errors are written on the entity (retry time, not_found) by the services,
-never retried.
+works from what the database says is due), so all run with acks_late. Errors follow the one
+retry policy (config.retries): transient ESI failures and a lost database connection retry
+with backoff and jitter, a rate limit when ESI says; permanent errors are written on the
+entity (retry time, not_found) by the services, never retried. The `failures` argument of the
+tasks that call ESI is the policy's count of transient failures in a row: callers leave it out.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from functools import partial
 from typing import Any, TypeVar
 
 from celery import Task, shared_task
-from celery.utils.time import get_exponential_backoff_interval
 from django.conf import settings
 from django.db import transaction
 
+from config import retries
+from config.retries import RetryingTask
 from enrichment import services
-from killboard.db import DATABASE_ERRORS, drop_lost_connection
-from upstream.errors import RateLimited, Unavailable
 
 logger = logging.getLogger(__name__)
 
 TASK_OPTIONS: dict[str, Any] = {
     "bind": True,
     "acks_late": True,
-    "max_retries": 6,  # for Unavailable: network errors, 5xx, downtime, broken bodies
-    "retry_backoff": 10,  # seconds before the first retry, doubled each time
-    "retry_backoff_max": 600,
-    "retry_jitter": True,
+    "reject_on_worker_lost": True,
+    # In-process, someone waits at a terminal: give up after a few short tries (names and
+    # details stay due, and `manage.py enrich` takes them later).
+    "max_retries_in_process": 2,
 }
-# Waits for a rate limit are as long as ESI says, and cost ESI nothing; bounded all the same.
-RATE_LIMITED_MAX_RETRIES = 30
 DETAIL_BATCH = 25  # ids per detail task: short tasks leave worker slots to the backfill
 MAX_IDS_PER_TASK = 200  # a detail task given more queues the rest as further tasks
 REFRESH_BATCH = 1000  # ids per kind queued by one refresh run (it runs hourly)
 RESOLVE_NAMES_RUN = "enrichment.resolve_names"
-# In-process, someone waits at a terminal: fail after a few short tries, names stay due.
-IN_PROCESS_RETRIES = 2
-IN_PROCESS_BACKOFF_MAX = 10.0  # seconds
 
 T = TypeVar("T")
 
 
-def _call(task: Task, service: Callable[[], T]) -> T:
-    """Run a service; on a transient failure retry the task (or, in-process, the call).
-
-    In-process (the embedded default, tasks run eagerly) there is no queue to come back from
-    and Celery would only raise `Retry`, so the call is repeated here: after a rate limit the
-    limiter holds the block and the next call waits it out; after a failure, a backoff.
-    """
-    attempts = 0
-    while True:
-        try:
-            return service()
-        except RateLimited as exc:
-            if not task.request.is_eager:
-                logger.info("%s waits %.0fs for ESI: %s", task.name, exc.retry_after, exc)
-                raise task.retry(
-                    countdown=exc.retry_after, exc=exc, max_retries=RATE_LIMITED_MAX_RETRIES
-                ) from exc
-            if attempts >= RATE_LIMITED_MAX_RETRIES:
-                raise
-        except (Unavailable, *DATABASE_ERRORS) as exc:
-            if isinstance(exc, DATABASE_ERRORS):
-                drop_lost_connection()
-            retries = attempts if task.request.is_eager else task.request.retries
-            countdown = get_exponential_backoff_interval(
-                task.retry_backoff, retries, task.retry_backoff_max, task.retry_jitter
-            )
-            logger.warning(
-                "%s failed (%s); retry %s in %ss", task.name, exc, retries + 1, countdown
-            )
-            if not task.request.is_eager:
-                raise task.retry(countdown=countdown, exc=exc) from exc
-            if attempts >= IN_PROCESS_RETRIES:
-                raise
-            time.sleep(min(countdown, IN_PROCESS_BACKOFF_MAX))
-        attempts += 1
+def _call(task: RetryingTask, service: Callable[[], T]) -> T:
+    """Run a service; after an error the policy retries the task, or the error ends it."""
+    try:
+        return service()
+    except retries.ERRORS as exc:
+        retries.handle(task, exc)  # nothing to record here: the services did
+        raise
 
 
 @shared_task(**TASK_OPTIONS)
-def resolve_names(self: Task, details: bool = True) -> dict[str, int]:
+def resolve_names(self: RetryingTask, details: bool = True, failures: int = 0) -> dict[str, int]:
     """Name every entity whose name is due; then queue the details of those just named."""
     services.release_queued_run(RESOLVE_NAMES_RUN)
     on_named = _queue_detail_batches if details else None
@@ -99,7 +65,7 @@ def resolve_names(self: Task, details: bool = True) -> dict[str, int]:
     }
 
 
-def _enrich(task: Task, kind: str, ids: Sequence[int]) -> dict[str, int]:
+def _enrich(task: RetryingTask, kind: str, ids: Sequence[int]) -> dict[str, int]:
     if len(ids) > MAX_IDS_PER_TASK:
         # Bound the work of one run: the rest goes out as tasks of its own, side by side.
         _queue_detail_batches(kind, ids[MAX_IDS_PER_TASK:])
@@ -108,25 +74,25 @@ def _enrich(task: Task, kind: str, ids: Sequence[int]) -> dict[str, int]:
 
 
 @shared_task(**TASK_OPTIONS)
-def enrich_characters(self: Task, ids: list[int]) -> dict[str, int]:
+def enrich_characters(self: RetryingTask, ids: list[int], failures: int = 0) -> dict[str, int]:
     """Fetch the details of characters (corporation, alliance, security status, birthday)."""
     return _enrich(self, "character", ids)
 
 
 @shared_task(**TASK_OPTIONS)
-def enrich_corporations(self: Task, ids: list[int]) -> dict[str, int]:
+def enrich_corporations(self: RetryingTask, ids: list[int], failures: int = 0) -> dict[str, int]:
     """Fetch the details of corporations (ticker, CEO, alliance, member count)."""
     return _enrich(self, "corporation", ids)
 
 
 @shared_task(**TASK_OPTIONS)
-def enrich_alliances(self: Task, ids: list[int]) -> dict[str, int]:
+def enrich_alliances(self: RetryingTask, ids: list[int], failures: int = 0) -> dict[str, int]:
     """Fetch the details of alliances (ticker, executor corporation)."""
     return _enrich(self, "alliance", ids)
 
 
 @shared_task(**TASK_OPTIONS)
-def enrich_types(self: Task, ids: list[int]) -> dict[str, int]:
+def enrich_types(self: RetryingTask, ids: list[int], failures: int = 0) -> dict[str, int]:
     """Fetch the details of item types (name, group)."""
     return _enrich(self, "type", ids)
 
@@ -140,7 +106,7 @@ DETAIL_TASKS: dict[str, Task] = {
 
 
 @shared_task(**TASK_OPTIONS)
-def refresh_stale(self: Task) -> dict[str, int]:
+def refresh_stale(self: RetryingTask) -> dict[str, int]:
     """Periodic: queue details older than ENRICHMENT_MAX_AGE (oldest first) and due names."""
     queued = {}
     for kind in services.DETAIL_KINDS:

@@ -20,6 +20,7 @@ from django.db.models import F, FilteredRelation, Model, Q, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.utils.html import format_html
 
+from killboard.inputs import is_whole_number, positive_id
 from killboard.models import (
     Alliance,
     Character,
@@ -339,11 +340,13 @@ class KillmailAdmin(ExtensibleAdmin):
         term = search_term.strip()
         if not term:
             return queryset, False
-        if term.isascii() and term.isdigit():
-            # Killmail ids are int64: a longer number matches nothing (and must not overflow).
-            if int(term) >= 2**63:
+        if is_whole_number(term):
+            # Killmail ids are positive int64: any other number matches nothing (and a longer
+            # one must not overflow the query).
+            killmail_id = positive_id(term)
+            if killmail_id is None:
                 return queryset.none(), False
-            return queryset.filter(killmail_id=int(term)), False
+            return queryset.filter(killmail_id=killmail_id), False
         characters = Character.objects.filter(name__icontains=term).values("id")
         killmails = Participant.objects.filter(character_id__in=characters).values("killmail_id")
         return queryset.filter(killmail_id__in=killmails), False

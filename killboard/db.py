@@ -1,4 +1,4 @@
-"""The database connection, as the apps' tasks see it when it goes away."""
+"""The database connection, as the retry policy of every task (config.retries) sees it go away."""
 
 from __future__ import annotations
 

@@ -22,6 +22,7 @@ from django.db.models import Max, QuerySet, TextField
 from django.db.models.functions import Cast
 
 from killboard.ingest import ingest_killmails, split_record
+from killboard.inputs import InvalidInput, positive_id
 from killboard.models import RejectedKillmail
 from killboard.signals import rejections_resolved
 
@@ -60,15 +61,15 @@ class RetryOutcome:
 
 
 def parse_job_id(value: str | None) -> int | None:
-    """A `--job` value from user input (None: every job), or `ValueError` saying why."""
+    """A `--job` value from user input (None: every job), or `InvalidInput` saying why."""
     if value is None:
         return None
-    text = value.strip()
-    if not (text.isascii() and text.isdigit() and 0 < int(text) < 2**63):
-        raise ValueError(
+    job_id = positive_id(value.strip())
+    if job_id is None:
+        raise InvalidInput(
             f"--job must be a backfill job id (a positive whole number), got {value!r}"
         )
-    return int(text)
+    return job_id
 
 
 def retry_rejected(

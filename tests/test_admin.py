@@ -9,7 +9,7 @@ from django.test import Client
 from django.urls import reverse
 
 from api.models import ApiToken, hash_token
-from backfill import services
+from backfill import lifecycle
 from backfill.models import BackfillJob, FailedKillmail
 from killboard.ingest import ingest_killmails
 from killboard.models import Character, ItemType, Killmail, Participant, SolarSystem
@@ -243,11 +243,11 @@ def test_job_list_shows_status_progress_counters_and_flower_links(
     admin_client: Client, settings: Any
 ):
     settings.FLOWER_URL = "http://flower.example:5555"
-    running = services.create_job(CHARACTER, max_pages=2, limit=100)
+    running = lifecycle.create_job(CHARACTER, max_pages=2, limit=100)
     BackfillJob.objects.filter(pk=running.pk).update(
         status="running", killmails_listed=50, stored=50, task_ids=["abc-123-task"]
     )
-    unbounded = services.create_job(CHARACTER)
+    unbounded = lifecycle.create_job(CHARACTER)
     BackfillJob.objects.filter(pk=unbounded.pk).update(status="running", killmails_listed=700)
 
     page = admin_client.get(JOBS).content.decode()
@@ -263,14 +263,14 @@ def test_job_list_shows_status_progress_counters_and_flower_links(
 
 def test_flower_links_are_absent_without_flower_url(admin_client: Client, settings: Any):
     settings.FLOWER_URL = ""
-    job = services.create_job(CHARACTER)
+    job = lifecycle.create_job(CHARACTER)
     BackfillJob.objects.filter(pk=job.pk).update(task_ids=["abc-123-task"])
 
     assert "/task/abc-123-task" not in admin_client.get(JOBS).content.decode()
 
 
 def test_cancel_stops_active_jobs(admin_client: Client):
-    job = services.create_job(CHARACTER)
+    job = lifecycle.create_job(CHARACTER)
 
     response = action(admin_client, JOBS, "cancel", [job.pk])
 
@@ -282,8 +282,8 @@ def test_cancel_stops_active_jobs(admin_client: Client):
 @pytest.mark.django_db(transaction=True)
 def test_resume_finishes_a_cancelled_job(admin_client: Client, fake: Any, world):
     world.add_character(CHARACTER, 15)
-    job = services.create_job(CHARACTER)
-    services.cancel_job(job.pk)
+    job = lifecycle.create_job(CHARACTER)
+    lifecycle.cancel_job(job.pk)
 
     response = action(admin_client, JOBS, "resume", [job.pk])
 
@@ -296,7 +296,7 @@ def test_resume_finishes_a_cancelled_job(admin_client: Client, fake: Any, world)
 @pytest.mark.django_db(transaction=True)
 def test_retry_failed_fetches_failed_killmails_again(admin_client: Client, fake: Any, world):
     [killmail_id] = world.add_character(CHARACTER, 1)
-    job = services.create_job(CHARACTER)
+    job = lifecycle.create_job(CHARACTER)
     BackfillJob.objects.filter(pk=job.pk).update(
         status="succeeded", paging_done=True, failed=1, killmails_listed=1
     )
@@ -317,7 +317,7 @@ def test_retry_failed_fetches_failed_killmails_again(admin_client: Client, fake:
 
 
 def test_job_page_shows_its_failures(admin_client: Client):
-    job = services.create_job(CHARACTER)
+    job = lifecycle.create_job(CHARACTER)
     FailedKillmail.objects.create(job=job, killmail_id=5, reason="ESI: 422 wrong hash")
 
     page = admin_client.get(reverse("admin:backfill_backfilljob_change", args=[job.pk]))
@@ -326,7 +326,7 @@ def test_job_page_shows_its_failures(admin_client: Client):
 
 
 def test_resume_and_retry_need_the_start_backfill_permission(django_user_model: Any):
-    services.create_job(CHARACTER)
+    lifecycle.create_job(CHARACTER)
     client = logged_in_client(
         django_user_model, "backfill.view_backfilljob", "backfill.change_backfilljob"
     )

@@ -9,7 +9,7 @@ from datetime import UTC, date, datetime
 import pytest
 from django.core.management import CommandError, call_command
 
-from backfill import services, tasks
+from backfill import lifecycle, tasks
 from backfill.models import BackfillJob, FailedKillmail, PendingKillmail
 from killboard import ratelimit
 from killboard.ingest import ingest_killmails
@@ -28,7 +28,7 @@ CHARACTER = 2117325769
 
 
 def backfill(character_id: int = CHARACTER, **options) -> BackfillJob:
-    job = services.create_job(character_id, **options)
+    job = lifecycle.create_job(character_id, **options)
     tasks.start_job(job.pk)
     job.refresh_from_db()
     return job
@@ -208,7 +208,7 @@ def test_history_deeper_than_100_pages_is_walked_month_by_month(fake, world):
 
 def test_wrong_hash_is_recorded_on_the_job_and_not_retried(fake, world):
     [killmail_id] = world.add_character(CHARACTER, 1)
-    job = services.create_job(CHARACTER)
+    job = lifecycle.create_job(CHARACTER)
     BackfillJob.objects.filter(pk=job.pk).update(paging_done=True, status="running")
     PendingKillmail.objects.create(job=job, killmail_id=killmail_id, killmail_hash="0" * 40, zkb={})
 
@@ -234,8 +234,8 @@ def test_rate_limited_pages_are_retried_until_the_job_completes(fake, world):
 
 def test_cancelled_job_fetches_nothing_more(fake, world):
     world.add_character(CHARACTER, 450)
-    job = services.create_job(CHARACTER)
-    services.cancel_job(job.pk)
+    job = lifecycle.create_job(CHARACTER)
+    lifecycle.cancel_job(job.pk)
 
     tasks.start_job(job.pk)
 

@@ -253,7 +253,7 @@ def test_a_lost_database_connection_retries_the_detail_task(upstream: FakeUpstre
         return enrich_details(kind, ids)
 
     monkeypatch.setattr(services, "enrich_details", lose_the_first_connection)
-    monkeypatch.setattr(tasks.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr("config.retries.time.sleep", lambda seconds: None)
 
     outcome = tasks.enrich_corporations.apply(args=[[corporation.id]])
 

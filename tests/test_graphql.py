@@ -11,7 +11,7 @@ from django.test import Client
 
 from api.models import ApiToken
 from api.schema import MAX_KILLMAILS_PAGE
-from backfill import services
+from backfill import lifecycle
 from backfill.models import BackfillJob
 from killboard.ingest import ingest_killmails
 from killboard.models import Character, ItemType, SolarSystem
@@ -248,9 +248,9 @@ def test_a_token_with_the_permission_starts_a_backfill(
 
 
 def test_jobs_query_shows_status_counters_and_progress(admin_client: Client):
-    job = services.create_job(CHARACTER, max_pages=1, limit=100)
+    job = lifecycle.create_job(CHARACTER, max_pages=1, limit=100)
     BackfillJob.objects.filter(pk=job.pk).update(status="running", killmails_listed=40, stored=40)
-    services.create_job(CHARACTER + 1)
+    lifecycle.create_job(CHARACTER + 1)
     query = """{ backfillJobs(status: "running") {
         totalCount hasNextPage
         items { id status targetId killmailsListed stored failed pending progress }

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from django.core.management import call_command
 
-from backfill import services, tasks
+from backfill import lifecycle, tasks
 from backfill.models import BackfillJob
 from killboard.export import iter_records
 from killboard.models import Killmail, RejectedKillmail
@@ -21,7 +21,7 @@ CHARACTER = 2117325769
 
 
 def backfill(**options: Any) -> BackfillJob:
-    job = services.create_job(CHARACTER, **options)
+    job = lifecycle.create_job(CHARACTER, **options)
     tasks.start_job(job.pk)
     job.refresh_from_db()
     return job

@@ -21,8 +21,8 @@ from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
 from django.db.migrations.state import StateApps
 
+from backfill.lifecycle import reopen_job
 from backfill.models import FailedKillmail, PendingKillmail
-from backfill.services import reopen_job
 from killboard.export import iter_records
 from killboard.models import Killmail
 from tests.conftest import load

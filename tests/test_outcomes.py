@@ -18,7 +18,7 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from backfill import services, tasks
+from backfill import lifecycle, tasks
 from backfill.models import BackfillJob, FailedKillmail, PendingKillmail
 from fakeupstream.world import World
 from killboard.models import Killmail
@@ -57,7 +57,7 @@ def run(job: BackfillJob) -> BackfillJob:
 
 def finished_job(**counters: int) -> BackfillJob:
     """A job whose paging is done and whose counters are `counters`, still running."""
-    job = services.create_job(CHARACTER)
+    job = lifecycle.create_job(CHARACTER)
     BackfillJob.objects.filter(pk=job.pk).update(status="running", paging_done=True, **counters)
     return job
 
@@ -68,7 +68,7 @@ def finished_job(**counters: int) -> BackfillJob:
 def test_job_with_a_failed_killmail_ends_partial(monkeypatch, fake, world):
     refused = backfill_with_a_refused_killmail(monkeypatch, fake, world)
 
-    job = run(services.create_job(CHARACTER))
+    job = run(lifecycle.create_job(CHARACTER))
 
     assert job.status == BackfillJob.Status.PARTIAL
     assert (job.stored, job.failed, job.rejected, job.pending) == (4, 1, 0, 0)
@@ -79,7 +79,7 @@ def test_job_with_a_failed_killmail_ends_partial(monkeypatch, fake, world):
 
 def test_job_with_a_rejected_killmail_ends_partial(fake, world):
     world.add_character(CHARACTER, 5)
-    job = services.create_job(CHARACTER)
+    job = lifecycle.create_job(CHARACTER)
     job.add_counts(killmails_listed=1, rejected=1)
 
     job = run(job)
@@ -92,7 +92,7 @@ def test_clean_job_still_ends_succeeded(fake, world):
     world.add_character(CHARACTER, 5)
     fake.configure(item_shape="zkbonly")
 
-    job = run(services.create_job(CHARACTER))
+    job = run(lifecycle.create_job(CHARACTER))
 
     assert job.status == BackfillJob.Status.SUCCEEDED
     assert (job.stored, job.failed, job.rejected) == (5, 0, 0)
@@ -103,7 +103,7 @@ def test_finish_if_done_never_marks_succeeded_with_failures_or_rejections(failed
     job = finished_job(killmails_listed=10, stored=10 - failed - rejected)
     job.add_counts(failed=failed, rejected=rejected)
 
-    assert services.finish_if_done(job.pk) is True
+    assert lifecycle.finish_if_done(job.pk) is True
 
     job.refresh_from_db()
     assert job.status == BackfillJob.Status.PARTIAL
@@ -112,8 +112,8 @@ def test_finish_if_done_never_marks_succeeded_with_failures_or_rejections(failed
 def test_finish_if_done_marks_a_clean_job_succeeded_once():
     job = finished_job(killmails_listed=3, stored=3)
 
-    assert services.finish_if_done(job.pk) is True
-    assert services.finish_if_done(job.pk) is False
+    assert lifecycle.finish_if_done(job.pk) is True
+    assert lifecycle.finish_if_done(job.pk) is False
 
     job.refresh_from_db()
     assert job.status == BackfillJob.Status.SUCCEEDED
@@ -123,7 +123,7 @@ def test_finish_if_done_waits_for_pending_bodies():
     job = finished_job(killmails_listed=1)
     PendingKillmail.objects.create(job=job, killmail_id=1, killmail_hash="a" * 40, zkb={})
 
-    assert services.finish_if_done(job.pk) is False
+    assert lifecycle.finish_if_done(job.pk) is False
 
     job.refresh_from_db()
     assert job.status == BackfillJob.Status.RUNNING
@@ -140,11 +140,11 @@ def test_pending_leaves_out_rejected_killmails():
 
 def test_retrying_a_partial_job_whose_failures_are_fixed_ends_succeeded(monkeypatch, fake, world):
     refused = backfill_with_a_refused_killmail(monkeypatch, fake, world)
-    job = run(services.create_job(CHARACTER))
+    job = run(lifecycle.create_job(CHARACTER))
     assert job.status == BackfillJob.Status.PARTIAL
     monkeypatch.undo()  # ESI accepts the killmail again
 
-    assert services.reopen_job(job.pk, retry_failed=True) is True
+    assert lifecycle.reopen_job(job.pk, retry_failed=True) is True
     job = run(job)
 
     assert job.status == BackfillJob.Status.SUCCEEDED
@@ -155,9 +155,9 @@ def test_retrying_a_partial_job_whose_failures_are_fixed_ends_succeeded(monkeypa
 
 def test_retrying_a_partial_job_whose_failures_persist_ends_partial_again(monkeypatch, fake, world):
     backfill_with_a_refused_killmail(monkeypatch, fake, world)
-    job = run(services.create_job(CHARACTER))
+    job = run(lifecycle.create_job(CHARACTER))
 
-    assert services.reopen_job(job.pk, retry_failed=True) is True
+    assert lifecycle.reopen_job(job.pk, retry_failed=True) is True
     job = run(job)
 
     assert job.status == BackfillJob.Status.PARTIAL
@@ -166,10 +166,10 @@ def test_retrying_a_partial_job_whose_failures_persist_ends_partial_again(monkey
 
 def test_partial_job_with_nothing_to_retry_is_not_reopened():
     job = finished_job(killmails_listed=2, stored=1, rejected=1)
-    services.finish_if_done(job.pk)
+    lifecycle.finish_if_done(job.pk)
 
-    assert services.reopen_job(job.pk) is False
-    assert services.reopen_job(job.pk, retry_failed=True) is False
+    assert lifecycle.reopen_job(job.pk) is False
+    assert lifecycle.reopen_job(job.pk, retry_failed=True) is False
 
     job.refresh_from_db()
     assert job.status == BackfillJob.Status.PARTIAL
@@ -180,7 +180,7 @@ def test_partial_job_with_nothing_to_retry_is_not_reopened():
 
 def test_summary_line_keeps_its_wording_and_names_rejected_after_failed():
     started = timezone.now()
-    job = services.create_job(CHARACTER)
+    job = lifecycle.create_job(CHARACTER)
     BackfillJob.objects.filter(pk=job.pk).update(
         status="succeeded",
         pages_fetched=16,
@@ -268,7 +268,7 @@ def test_cli_succeeds_quietly_for_a_clean_job(fake, world):
 def test_cli_fails_for_a_cancelled_job(monkeypatch, fake, world):
     world.add_character(CHARACTER, 5)
     # The operator cancels the job before its first page.
-    monkeypatch.setattr(tasks, "start_job", services.cancel_job)
+    monkeypatch.setattr(tasks, "start_job", lifecycle.cancel_job)
 
     with pytest.raises(CommandError, match="backfill cancelled"):
         call_command("backfill_character", str(CHARACTER), "--json", stdout=io.StringIO())
@@ -279,7 +279,7 @@ def test_cli_fails_for_a_cancelled_job(monkeypatch, fake, world):
 
 def partial_job() -> BackfillJob:
     job = finished_job(killmails_listed=10, stored=7, failed=2, rejected=1)
-    services.finish_if_done(job.pk)
+    lifecycle.finish_if_done(job.pk)
     job.refresh_from_db()
     return job
 
@@ -310,7 +310,7 @@ def test_admin_job_page_shows_rejected(admin_client: Client):
 
 def test_admin_retry_failed_finishes_a_partial_job(admin_client: Client, monkeypatch, fake, world):
     backfill_with_a_refused_killmail(monkeypatch, fake, world)
-    job = run(services.create_job(CHARACTER))
+    job = run(lifecycle.create_job(CHARACTER))
     monkeypatch.undo()
 
     response = admin_client.post(

@@ -26,7 +26,7 @@ from django.test import Client
 from django.urls import reverse
 
 from api.models import ApiToken
-from backfill import services
+from backfill import lifecycle
 from backfill.models import BackfillJob, FailedKillmail
 from killboard.models import Character, RejectedKillmail
 from tests.conftest import logged_in_client
@@ -58,9 +58,9 @@ VIEW_PERMISSIONS = (
 @pytest.fixture
 def rows(admin_user: Any) -> dict[str, int]:
     """A queued job, a cancelled one with a failure, a character, a token, a retryable reject."""
-    queued = services.create_job(CHARACTER)
-    cancelled = services.create_job(CHARACTER + 1)
-    services.cancel_job(cancelled.pk)
+    queued = lifecycle.create_job(CHARACTER)
+    cancelled = lifecycle.create_job(CHARACTER + 1)
+    lifecycle.cancel_job(cancelled.pk)
     FailedKillmail.objects.create(job=cancelled, killmail_id=1, killmail_hash="a" * 40, reason="x")
     BackfillJob.objects.filter(pk=cancelled.pk).update(failed=1)
     character = Character.objects.create(id=CHARACTER, name="Pilot", details_updated_at=ENRICHED_AT)

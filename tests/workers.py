@@ -209,7 +209,7 @@ def queue_backfill(env: dict[str, str], character_id: int) -> int:
 
 def all_finished() -> bool:
     """No backfill job is queued or running."""
-    return not BackfillJob.objects.filter(status__in=BackfillJob.ACTIVE).exists()
+    return not BackfillJob.objects.active().exists()
 
 
 def expected_rows(world: Any, killmail_ids: list[int]) -> tuple[int, int, int]:

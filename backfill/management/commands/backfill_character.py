@@ -14,19 +14,16 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import close_old_connections, connection
 from tqdm import tqdm
 
-from backfill import services, tasks
+from backfill import lifecycle, tasks
 from backfill.models import BackfillJob
+from killboard.inputs import InvalidInput, parse_whole_number
 
 # Seconds between two looks at the job while following it.
 POLL_SECONDS = 0.5
 
 
 def _whole_number(value: str | None, name: str) -> int | None:
-    if value is None:
-        return None
-    if not services.is_whole_number(value.strip()):
-        raise CommandError(f"{name} must be a whole number, got {value!r}")
-    return int(value)
+    return None if value is None else parse_whole_number(value, name)
 
 
 class Command(BaseCommand):
@@ -51,14 +48,14 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
-            job = services.create_job(
+            job = lifecycle.create_job(
                 options["character_id"],
                 from_date=options["from_date"],
                 max_pages=_whole_number(options["max_pages"], "--max-pages"),
                 limit=_whole_number(options["limit"], "--limit"),
                 skip_existing=options["skip_existing"],
             )
-        except services.InvalidBackfill as exc:
+        except InvalidInput as exc:  # InvalidBackfill, or a bad --max-pages/--limit
             raise CommandError(str(exc)) from None
 
         in_process = settings.CELERY_TASK_ALWAYS_EAGER
@@ -95,7 +92,7 @@ class Command(BaseCommand):
         try:
             tasks.start_job(job_id)
         except Exception as exc:  # anything unexpected must end the job visibly
-            services.fail_job(job_id, f"{type(exc).__name__}: {exc}")
+            lifecycle.fail_job(job_id, f"{type(exc).__name__}: {exc}")
         finally:
             connection.close()
 

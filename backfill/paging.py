@@ -1,0 +1,109 @@
+"""Where a backfill stands in zKillboard's listing and where it goes next: pure arithmetic.
+
+Paging (zKillboard rules): pages 1..100 of the target's whole history, newest first, 200
+killmails a page; when page 100 is full, the rest is walked month by month (`year/Y/month/M/`,
+newest month first) listing only killmails older than the last one of page 100. A page with
+fewer than 200 killmails ends its listing. `from_date` ends the walk at the first killmail
+before it; `max_pages x limit` bounds the killmails listed.
+
+A job's place is its cursor: `all/N` (page N of the whole history) or `YYYY-MM/N` (page N of
+one month). Nothing here touches the database, the network or the clock: callers pass in
+what they looked up (the oldest killmail time of a page, the character's birthday, now).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import date, datetime, timedelta
+
+from upstream.zkillboard import PageItem
+
+# zKillboard's page size and its deepest page for one filter.
+ZKB_PAGE_SIZE = 200
+ZKB_MAX_PAGE = 100
+# zKillboard's history starts here; a month walk never goes further back.
+HISTORY_START = date(2007, 12, 1)
+
+
+def parse_cursor(cursor: str) -> tuple[int, int, int]:
+    """(year, month, page) of a cursor; year and month are 0 for the whole history."""
+    period, page = cursor.split("/")
+    if period == "all":
+        return 0, 0, int(page)
+    year, month = period.split("-")
+    return int(year), int(month), int(page)
+
+
+def make_cursor(year: int, month: int, page: int) -> str:
+    """The cursor of a page: `all/N` or `YYYY-MM/N`."""
+    return f"all/{page}" if not year else f"{year:04d}-{month:02d}/{page}"
+
+
+def is_full(items: Sequence[PageItem]) -> bool:
+    """Whether zKillboard served a whole page: only then may another page follow."""
+    return len(items) == ZKB_PAGE_SIZE
+
+
+def ends_whole_history(year: int, page: int) -> bool:
+    """Whether this is page 100 of the whole history, the last one zKillboard serves."""
+    return not year and page == ZKB_MAX_PAGE
+
+
+def listed_items(
+    items: list[PageItem], year: int, boundary_id: int | None, left: int | None
+) -> tuple[list[PageItem], bool]:
+    """The page's killmails the job lists, and whether that uses up its bound.
+
+    A month page lists only killmails older than `boundary_id` (the last of page 100: newer
+    ones were listed by the whole history already). `left` is how many killmails the job may
+    still list (None: no bound).
+    """
+    if year and boundary_id:
+        items = [item for item in items if item.killmail_id < boundary_id]
+    if left is not None and len(items) >= left:
+        return items[:left], True
+    return items, False
+
+
+def reached_from_date(oldest: datetime | None, from_date: date | None) -> bool:
+    """Whether the page reaches back before from_date: the listing ends with it."""
+    return bool(from_date and oldest and oldest.date() < from_date)
+
+
+def history_start(from_date: date | None, birthday: date | None) -> date:
+    """The first month a month walk must cover: from_date's, else the birthday's, else 2007-12."""
+    if from_date:
+        return from_date.replace(day=1)
+    if birthday:
+        return birthday.replace(day=1)
+    return HISTORY_START
+
+
+def next_cursor(
+    year: int,
+    month: int,
+    page: int,
+    *,
+    full: bool,
+    oldest: datetime | None,
+    start: date,
+    now: datetime,
+) -> str | None:
+    """The cursor after this page, or None when the listing ends here.
+
+    `full`: the page held 200 killmails; `oldest`: the time of its oldest killmail, when
+    known; `start`: the first month of the walk (`history_start`). A full page 100 of the
+    whole history goes on month by month from the month of its oldest killmail (from `now`'s
+    when unknown); a full page 100 of a month is as deep as zKillboard goes in it.
+    """
+    if full and page < ZKB_MAX_PAGE:
+        return make_cursor(year, month, page + 1)
+    if not year:
+        if not full:
+            return None
+        begin = oldest or now
+        return make_cursor(begin.year, begin.month, 1)
+    previous = (date(year, month, 1) - timedelta(days=1)).replace(day=1)
+    if previous < start:
+        return None
+    return make_cursor(previous.year, previous.month, 1)
