@@ -213,7 +213,7 @@ class ParticipantType:
 
 
 @strawberry.type(name="Item")
-class ItemType:
+class ItemNode:
     """An item of the victim; container contents name their container's ordinal."""
 
     _row: strawberry.Private[Item]
@@ -291,8 +291,8 @@ class KillmailType:
         return [ParticipantType(_row=p) for p in self._row.participants.all() if not p.is_victim]
 
     @strawberry.field
-    def items(self) -> list[ItemType]:
-        return [ItemType(_row=item) for item in self._row.items.all()]
+    def items(self) -> list[ItemNode]:
+        return [ItemNode(_row=item) for item in self._row.items.all()]
 
 
 @strawberry.type

@@ -9,6 +9,7 @@ batches that share killmails or entities wait for each other instead of deadlock
 Nothing is lost: the rows' columns and extras follow `killboard.shapes`, and a killmail that
 cannot be stored (it breaks meaning, or the database refuses one of its values) is kept whole
 in `RejectedKillmail`, in the same transaction as its batch, while the rest is stored.
+`killboard.rows` turns killmails into rows; `killboard.bulk` writes them.
 """
 
 from __future__ import annotations
@@ -19,27 +20,29 @@ import logging
 import queue
 import threading
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import psycopg
 from django.db import DataError, connection, reset_queries, transaction
-from django.db.models import AutoField, Model
-from django.utils import timezone
+from django.db.models import Model
 
+from killboard.bulk import INSERT_CHUNK, insert_killmails, register_entities, write_rows
 from killboard.models import Item, Killmail, Participant, RejectedKillmail
+from killboard.rows import (
+    ITEM_COLUMNS,
+    ITEM_TYPES,
+    PARTICIPANT_COLUMNS,
+    PARTICIPANT_TYPES,
+    ZKB_COLUMNS,
+    entity_ids,
+    item_rows,
+    killmail_row,
+    participant_rows,
+)
 from killboard.shapes import (
-    ATTACKER,
-    CONTENT,
-    FLOAT,
-    ITEM,
-    KILLMAIL,
-    POSITION,
-    VICTIM,
     ZKB,
     InvalidKillmail,
-    Shape,
     parse_time,
     short_repr,
     validate_body,
@@ -47,99 +50,6 @@ from killboard.shapes import (
 from killboard.signals import killmails_stored
 
 logger = logging.getLogger(__name__)
-
-# Rows per INSERT statement: well under SQLite's 32766 bound variables at 26 columns a row.
-INSERT_CHUNK = 1000
-
-# PostgreSQL types of the columns written in binary (COPY, unnest arrays), by field type.
-PG_TYPES = {
-    "BigIntegerField": "int8",
-    "IntegerField": "int4",
-    "PositiveIntegerField": "int4",
-    "FloatField": "float8",
-    "BooleanField": "bool",
-    "DateTimeField": "timestamptz",
-    "CharField": "text",
-    "TextField": "text",
-    "JSONField": "jsonb",
-}
-
-
-def _columns(model: type[Model], first: tuple[str, ...], last: tuple[str, ...]) -> tuple[str, ...]:
-    """A table's written columns: `first`, the model's other columns in order, then `last`."""
-    rest = [
-        f.column
-        for f in model._meta.concrete_fields
-        if not isinstance(f, AutoField) and f.column not in first + last
-    ]
-    return (*first, *rest, *last)
-
-
-def _pg_types(model: type[Model], columns: tuple[str, ...]) -> tuple[str, ...]:
-    fields = {f.column: f for f in model._meta.concrete_fields}
-    types = []
-    for column in columns:
-        model_field = fields[column]
-        if model_field.is_relation:
-            model_field = model_field.target_field
-        types.append(PG_TYPES[model_field.get_internal_type()])
-    return tuple(types)
-
-
-# The killmail row: created_at is set by the insert itself.
-KILLMAIL_COLUMNS = _columns(Killmail, (), ("created_at",))[:-1]
-KILLMAIL_TYPES = _pg_types(Killmail, KILLMAIL_COLUMNS)
-# Participant and item rows: the columns the record does not give come first.
-PARTICIPANT_COLUMNS = _columns(
-    Participant, ("killmail_id", "killmail_time", "is_victim", "ordinal"), ("extra",)
-)
-PARTICIPANT_TYPES = _pg_types(Participant, PARTICIPANT_COLUMNS)
-ITEM_COLUMNS = _columns(Item, ("killmail_id", "ordinal", "container_ordinal"), ("extra",))
-ITEM_TYPES = _pg_types(Item, ITEM_COLUMNS)
-ZKB_COLUMNS = tuple(key.column for key in ZKB.keys.values())
-
-
-class _Layout:
-    """Where a shape's keys go among a table's data columns (those between first and last)."""
-
-    def __init__(self, shape: Shape, columns: tuple[str, ...]) -> None:
-        by_column = {key.column: name for name, key in shape.keys.items()}
-        # None for a column this shape does not fill: `dict.get(None)` is None.
-        self.names = tuple(by_column.get(column) for column in columns)
-        self.floats = tuple(
-            index
-            for index, name in enumerate(self.names)
-            if name is not None and shape.keys[name].kind is FLOAT
-        )
-
-    def values(self, value: Mapping[str, Any]) -> list[Any]:
-        values = [value.get(name) for name in self.names]  # type: ignore[arg-type]
-        for index in self.floats:
-            if values[index] is not None:
-                # JSON writes whole numbers as integers; the column and binary COPY want floats.
-                values[index] = float(values[index])
-        return values
-
-
-_VICTIM_ROW = _Layout(VICTIM, PARTICIPANT_COLUMNS[4:-1])
-_ATTACKER_ROW = _Layout(ATTACKER, PARTICIPANT_COLUMNS[4:-1])
-_ITEM_ROW = _Layout(ITEM, ITEM_COLUMNS[3:-1])
-
-
-def _entity_keys(*shapes: Shape) -> dict[type[Model], tuple[str, ...]]:
-    """The JSON keys that reference each entity model, from the shapes' foreign keys."""
-    keys: dict[type[Model], list[str]] = defaultdict(list)
-    for shape in shapes:
-        for name, key in shape.keys.items():
-            model_field = shape.model._meta.get_field(key.column)
-            if model_field.is_relation and name not in keys[model_field.related_model]:
-                keys[model_field.related_model].append(name)
-    return {model: tuple(names) for model, names in keys.items()}
-
-
-PARTICIPANT_ENTITIES = _entity_keys(VICTIM, ATTACKER)
-ITEM_ENTITIES = _entity_keys(ITEM)
-KILLMAIL_ENTITIES = _entity_keys(KILLMAIL)
 
 
 @dataclass(frozen=True)
@@ -276,9 +186,9 @@ def _prepare(records: Iterable[Any]) -> _Batch:
         body, zkb, plain = valid[killmail_id]
         try:
             time = connection.ops.adapt_datetimefield_value(parse_time(body["killmail_time"]))
-            killmail = _killmail_row(body, zkb, time, plain)
-            participants = _participant_rows(body, time, plain)
-            items = _item_rows(body, plain)
+            killmail = killmail_row(body, zkb, time, plain)
+            participants = participant_rows(body, time, plain)
+            items = item_rows(body, plain)
         except InvalidKillmail as exc:
             result.rejected.append(Rejection(killmail_id, str(exc), raw[killmail_id]))
             continue
@@ -287,7 +197,7 @@ def _prepare(records: Iterable[Any]) -> _Batch:
         batch.items.extend(items)
         batch.records[killmail_id] = raw[killmail_id]
         bodies.append(body)
-    batch.entities = _entity_ids(bodies)
+    batch.entities = entity_ids(bodies)
     return batch
 
 
@@ -356,14 +266,14 @@ def _write_refusing_one_by_one(batch: _Batch, result: IngestResult) -> set[int]:
 
 def _write(batch: _Batch) -> set[int]:
     """Write the batch's entities, killmails and, for those inserted now, their rows."""
-    _register_entities(batch.entities)
-    inserted = _insert_killmails(batch.killmails)
+    register_entities(batch.entities)
+    inserted = insert_killmails(batch.killmails)
     participants, items = batch.participants, batch.items
     if len(inserted) < len(batch.killmails):
         participants = [row for row in participants if row[0] in inserted]
         items = [row for row in items if row[0] in inserted]
-    _write_rows(Participant, PARTICIPANT_COLUMNS, PARTICIPANT_TYPES, participants)
-    _write_rows(Item, ITEM_COLUMNS, ITEM_TYPES, items)
+    write_rows(Participant, PARTICIPANT_COLUMNS, PARTICIPANT_TYPES, participants)
+    write_rows(Item, ITEM_COLUMNS, ITEM_TYPES, items)
     return inserted
 
 
@@ -409,206 +319,6 @@ def ingest_killmails(
     its batch is stored.
     """
     return _store(_prepare(records), source=source, job_id=job_id)
-
-
-def _walk_items(items: Iterable[Mapping[str, Any]]) -> Iterator[tuple[Mapping[str, Any], bool]]:
-    """Yield (item, is_container_content) depth-first: each container before its contents."""
-    for item in items:
-        yield item, False
-        for content in item.get("items", ()):
-            yield content, True
-
-
-def _entity_ids(bodies: list[Mapping[str, Any]]) -> dict[type[Model], list[int]]:
-    """The sorted ids of every entity the bodies reference, by model."""
-    ids: dict[type[Model], set[int]] = defaultdict(set)
-    participants = [p for body in bodies for p in (body["victim"], *body["attackers"])]
-    for model, keys in PARTICIPANT_ENTITIES.items():
-        ids[model].update(p[key] for p in participants for key in keys if key in p)
-    for model, keys in KILLMAIL_ENTITIES.items():
-        ids[model].update(body[key] for body in bodies for key in keys if key in body)
-    items = [item for body in bodies for item, _ in _walk_items(body["victim"].get("items", ()))]
-    for model, keys in ITEM_ENTITIES.items():
-        ids[model].update(item[key] for item in items for key in keys if key in item)
-    return {model: sorted(model_ids) for model, model_ids in ids.items() if model_ids}
-
-
-def _register_entities(entities: dict[type[Model], list[int]]) -> None:
-    """Create a nameless row for every entity not stored yet, for enrichment."""
-    for model, ids in entities.items():
-        if connection.vendor == "postgresql":
-            _insert_entity_ids(model, ids)
-        else:
-            model.objects.bulk_create(
-                [model(id=entity_id) for entity_id in ids],
-                ignore_conflicts=True,
-                batch_size=INSERT_CHUNK,
-            )
-
-
-def _execute_binary(sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
-    """PostgreSQL: run one statement with its `%b` parameters bound by the server in binary.
-
-    Django's cursors interpolate parameters into the statement's text; an array of a
-    thousand ids is dumped as text several times slower than in binary. Never prepared, as
-    Django's own statements are not, so a transaction-pooling proxy in front stays safe.
-    """
-    with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
-        cursor.execute(sql, params, prepare=False)
-        return cursor.fetchall() if cursor.description else []
-
-
-def _insert_entity_ids(model: type[Model], ids: list[int]) -> None:
-    """PostgreSQL: insert the ids not stored yet, the other columns at their defaults."""
-    now = timezone.now()
-    columns, values = [], []
-    for model_field in model._meta.concrete_fields:
-        if model_field.primary_key or model_field.null:
-            continue
-        columns.append(model_field.column)
-        auto_now = getattr(model_field, "auto_now_add", False)
-        values.append(now if auto_now else model_field.get_default())
-    table = connection.ops.quote_name(model._meta.db_table)
-    # One array parameter instead of a VALUES row per id: a short statement.
-    _execute_binary(
-        f"INSERT INTO {table} (id, {', '.join(columns)}) "
-        f"SELECT id, {', '.join(['%s'] * len(values))} FROM unnest(%b::bigint[]) AS id "
-        "ORDER BY id ON CONFLICT (id) DO NOTHING",
-        [*values, ids],
-    )
-
-
-def _extra_text(shape: Shape, value: Mapping[str, Any], where: str) -> str | None:
-    """The JSON text of what the columns do not hold of `value`, or None."""
-    return _json_text(shape.extra(value), where)  # type: ignore[arg-type]
-
-
-def _json_text(extra: dict[str, Any] | None, where: str) -> str | None:
-    if extra is None:
-        return None
-    try:
-        return json.dumps(extra, separators=(",", ":"))
-    except (ValueError, RecursionError) as exc:  # an int of 5,000 digits, nesting too deep
-        raise InvalidKillmail(None, f"{where}: cannot be kept as JSON ({exc})") from None
-
-
-def _killmail_row(
-    body: Mapping[str, Any], zkb: Mapping[str, Any] | None, time: Any, plain: bool
-) -> list[Any]:
-    """KILLMAIL_COLUMNS for one killmail."""
-    row: dict[str, Any] = dict.fromkeys(KILLMAIL_COLUMNS)
-    for name, column in KILLMAIL.pairs:
-        row[column] = body.get(name)
-    row["killmail_time"] = time
-    position = body["victim"].get("position")
-    if position is not None:
-        for name, column in POSITION.pairs:
-            row[column] = float(position[name])
-    if not plain:
-        row["extra"] = _extra_text(KILLMAIL, body, "killmail")
-        if position is not None:
-            row["position_extra"] = _extra_text(POSITION, position, "victim.position")
-    if zkb is not None:
-        columns, zkb_extra = ZKB.values(zkb)  # type: ignore[arg-type]
-        row.update(columns)
-        # An empty zkb leaves no column to say it was there.
-        row["zkb_extra"] = _json_text(zkb_extra if zkb else {}, "zkb")
-    row["killmail_hash"] = row["killmail_hash"] or ""
-    if row["labels"] is not None:
-        row["labels"] = _LABELS.get_db_prep_save(row["labels"], connection)
-    return list(row.values())
-
-
-_LABELS = Killmail._meta.get_field("labels")
-
-
-def _insert_killmails(rows: list[list[Any]]) -> set[int]:
-    """Insert killmail rows that are not stored yet; return the ids this call inserted."""
-    now = connection.ops.adapt_datetimefield_value(timezone.now())
-    table = connection.ops.quote_name(Killmail._meta.db_table)
-    columns = ", ".join((*KILLMAIL_COLUMNS, "created_at"))
-    if connection.vendor == "postgresql":
-        # One array per column, zipped back into rows by unnest(): a short statement with
-        # 22 parameters instead of 22 per row.
-        arrays = [list(column) for column in zip(*rows, strict=True)]
-        unnest = ", ".join(f"%b::{sql_type}[]" for sql_type in KILLMAIL_TYPES)
-        returned = _execute_binary(
-            f"INSERT INTO {table} ({columns}) SELECT *, %s FROM unnest({unnest}) "
-            "ON CONFLICT (killmail_id) DO NOTHING RETURNING killmail_id",
-            [now, *arrays],
-        )
-        return {killmail_id for (killmail_id,) in returned}
-    inserted: set[int] = set()
-    row_sql = f"({', '.join(['%s'] * (len(KILLMAIL_COLUMNS) + 1))})"
-    with connection.cursor() as cursor:
-        for start in range(0, len(rows), INSERT_CHUNK):
-            chunk = rows[start : start + INSERT_CHUNK]
-            cursor.execute(
-                f"INSERT INTO {table} ({columns}) VALUES {', '.join([row_sql] * len(chunk))} "
-                "ON CONFLICT (killmail_id) DO NOTHING RETURNING killmail_id",
-                [value for row in chunk for value in (*row, now)],
-            )
-            inserted.update(killmail_id for (killmail_id,) in cursor.fetchall())
-    return inserted
-
-
-def _participant_rows(body: Mapping[str, Any], time: Any, plain: bool) -> list[tuple]:
-    """PARTICIPANT_COLUMNS for the victim and each attacker of one killmail."""
-    killmail_id = body["killmail_id"]
-    victim = body["victim"]
-    extra = None if plain else _extra_text(VICTIM, victim, "victim")
-    rows = [(killmail_id, time, True, 0, *_VICTIM_ROW.values(victim), extra)]
-    for ordinal, attacker in enumerate(body["attackers"]):
-        extra = None if plain else _extra_text(ATTACKER, attacker, f"attackers[{ordinal}]")
-        rows.append((killmail_id, time, False, ordinal, *_ATTACKER_ROW.values(attacker), extra))
-    return rows
-
-
-def _item_rows(body: Mapping[str, Any], plain: bool) -> list[tuple]:
-    """ITEM_COLUMNS for each item of one killmail, container contents after their container."""
-    killmail_id = body["killmail_id"]
-    rows = []
-    container = None
-    for ordinal, (item, is_content) in enumerate(_walk_items(body["victim"].get("items", ()))):
-        if not is_content:
-            container = ordinal
-        extra = None
-        if not plain:
-            shape = CONTENT if is_content else ITEM
-            extra = _extra_text(shape, item, f"victim.items, item {ordinal}")
-        rows.append(
-            (
-                killmail_id,
-                ordinal,
-                container if is_content else None,
-                *_ITEM_ROW.values(item),
-                extra,
-            )
-        )
-    return rows
-
-
-def _write_rows(
-    model: type[Model], columns: tuple[str, ...], types: tuple[str, ...], rows: list[tuple]
-) -> None:
-    """Append rows that cannot conflict: COPY on PostgreSQL, executemany elsewhere."""
-    if not rows:
-        return
-    table = connection.ops.quote_name(model._meta.db_table)
-    column_list = ", ".join(columns)
-    with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            # Binary: no number is formatted as text here and parsed again by the server.
-            sql = f"COPY {table} ({column_list}) FROM STDIN (FORMAT BINARY)"
-            # COPY goes through psycopg's own cursor: wrap its errors into Django's, as for
-            # every other query, so a lost connection is an OperationalError callers handle.
-            with connection.wrap_database_errors, cursor.cursor.copy(sql) as copy:
-                copy.set_types(types)
-                for row in rows:
-                    copy.write_row(row)
-        else:
-            placeholders = ", ".join(["%s"] * len(columns))
-            cursor.executemany(f"INSERT INTO {table} ({column_list}) VALUES ({placeholders})", rows)
 
 
 def ingest_stream(

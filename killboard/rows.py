@@ -1,0 +1,243 @@
+"""The rows of the normalized tables for one validated killmail, as `killboard.shapes` says.
+
+Column lists and their PostgreSQL types are read from the models; which JSON key fills which
+column is read from the shapes, so a new typed field is the model, its migration and one line
+in its shape. Building rows is Python work with no database in it: `killboard.ingest` does it
+in its reader thread while the server writes the batch before.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+from django.db import connection
+from django.db.models import AutoField, Model
+
+from killboard.models import Item, Killmail, Participant
+from killboard.shapes import (
+    ATTACKER,
+    CONTENT,
+    FLOAT,
+    ITEM,
+    KILLMAIL,
+    POSITION,
+    VICTIM,
+    ZKB,
+    InvalidKillmail,
+    Shape,
+)
+
+# PostgreSQL types of the columns written in binary (COPY, unnest arrays), by field type.
+PG_TYPES = {
+    "BigIntegerField": "int8",
+    "IntegerField": "int4",
+    "PositiveIntegerField": "int4",
+    "FloatField": "float8",
+    "BooleanField": "bool",
+    "DateTimeField": "timestamptz",
+    "CharField": "text",
+    "TextField": "text",
+    "JSONField": "jsonb",
+}
+
+
+def _columns(model: type[Model], first: tuple[str, ...], last: tuple[str, ...]) -> tuple[str, ...]:
+    """A table's written columns: `first`, the model's other columns in order, then `last`."""
+    rest = [
+        f.column
+        for f in model._meta.concrete_fields
+        if not isinstance(f, AutoField) and f.column not in first + last
+    ]
+    return (*first, *rest, *last)
+
+
+def _pg_types(model: type[Model], columns: tuple[str, ...]) -> tuple[str, ...]:
+    fields = {f.column: f for f in model._meta.concrete_fields}
+    types = []
+    for column in columns:
+        model_field = fields[column]
+        if model_field.is_relation:
+            model_field = model_field.target_field
+        types.append(PG_TYPES[model_field.get_internal_type()])
+    return tuple(types)
+
+
+# The killmail row: created_at is set by the insert itself.
+KILLMAIL_COLUMNS = _columns(Killmail, (), ("created_at",))[:-1]
+
+
+KILLMAIL_TYPES = _pg_types(Killmail, KILLMAIL_COLUMNS)
+
+
+# Participant and item rows: the columns the record does not give come first.
+PARTICIPANT_COLUMNS = _columns(
+    Participant, ("killmail_id", "killmail_time", "is_victim", "ordinal"), ("extra",)
+)
+
+
+PARTICIPANT_TYPES = _pg_types(Participant, PARTICIPANT_COLUMNS)
+
+
+ITEM_COLUMNS = _columns(Item, ("killmail_id", "ordinal", "container_ordinal"), ("extra",))
+
+
+ITEM_TYPES = _pg_types(Item, ITEM_COLUMNS)
+
+
+ZKB_COLUMNS = tuple(key.column for key in ZKB.keys.values())
+
+
+class _Layout:
+    """Where a shape's keys go among a table's data columns (those between first and last)."""
+
+    def __init__(self, shape: Shape, columns: tuple[str, ...]) -> None:
+        by_column = {key.column: name for name, key in shape.keys.items()}
+        # None for a column this shape does not fill: `dict.get(None)` is None.
+        self.names = tuple(by_column.get(column) for column in columns)
+        self.floats = tuple(
+            index
+            for index, name in enumerate(self.names)
+            if name is not None and shape.keys[name].kind is FLOAT
+        )
+
+    def values(self, value: Mapping[str, Any]) -> list[Any]:
+        values = [value.get(name) for name in self.names]  # type: ignore[arg-type]
+        for index in self.floats:
+            if values[index] is not None:
+                # JSON writes whole numbers as integers; the column and binary COPY want floats.
+                values[index] = float(values[index])
+        return values
+
+
+_VICTIM_ROW = _Layout(VICTIM, PARTICIPANT_COLUMNS[4:-1])
+
+
+_ATTACKER_ROW = _Layout(ATTACKER, PARTICIPANT_COLUMNS[4:-1])
+
+
+_ITEM_ROW = _Layout(ITEM, ITEM_COLUMNS[3:-1])
+
+
+def _entity_keys(*shapes: Shape) -> dict[type[Model], tuple[str, ...]]:
+    """The JSON keys that reference each entity model, from the shapes' foreign keys."""
+    keys: dict[type[Model], list[str]] = defaultdict(list)
+    for shape in shapes:
+        for name, key in shape.keys.items():
+            model_field = shape.model._meta.get_field(key.column)
+            if model_field.is_relation and name not in keys[model_field.related_model]:
+                keys[model_field.related_model].append(name)
+    return {model: tuple(names) for model, names in keys.items()}
+
+
+PARTICIPANT_ENTITIES = _entity_keys(VICTIM, ATTACKER)
+
+
+ITEM_ENTITIES = _entity_keys(ITEM)
+
+
+KILLMAIL_ENTITIES = _entity_keys(KILLMAIL)
+
+
+def walk_items(items: Iterable[Mapping[str, Any]]) -> Iterator[tuple[Mapping[str, Any], bool]]:
+    """Yield (item, is_container_content) depth-first: each container before its contents."""
+    for item in items:
+        yield item, False
+        for content in item.get("items", ()):
+            yield content, True
+
+
+def entity_ids(bodies: list[Mapping[str, Any]]) -> dict[type[Model], list[int]]:
+    """The sorted ids of every entity the bodies reference, by model."""
+    ids: dict[type[Model], set[int]] = defaultdict(set)
+    participants = [p for body in bodies for p in (body["victim"], *body["attackers"])]
+    for model, keys in PARTICIPANT_ENTITIES.items():
+        ids[model].update(p[key] for p in participants for key in keys if key in p)
+    for model, keys in KILLMAIL_ENTITIES.items():
+        ids[model].update(body[key] for body in bodies for key in keys if key in body)
+    items = [item for body in bodies for item, _ in walk_items(body["victim"].get("items", ()))]
+    for model, keys in ITEM_ENTITIES.items():
+        ids[model].update(item[key] for item in items for key in keys if key in item)
+    return {model: sorted(model_ids) for model, model_ids in ids.items() if model_ids}
+
+
+def _extra_text(shape: Shape, value: Mapping[str, Any], where: str) -> str | None:
+    """The JSON text of what the columns do not hold of `value`, or None."""
+    return _json_text(shape.extra(value), where)  # type: ignore[arg-type]
+
+
+def _json_text(extra: dict[str, Any] | None, where: str) -> str | None:
+    if extra is None:
+        return None
+    try:
+        return json.dumps(extra, separators=(",", ":"))
+    except (ValueError, RecursionError) as exc:  # an int of 5,000 digits, nesting too deep
+        raise InvalidKillmail(None, f"{where}: cannot be kept as JSON ({exc})") from None
+
+
+def killmail_row(
+    body: Mapping[str, Any], zkb: Mapping[str, Any] | None, time: Any, plain: bool
+) -> list[Any]:
+    """KILLMAIL_COLUMNS for one killmail."""
+    row: dict[str, Any] = dict.fromkeys(KILLMAIL_COLUMNS)
+    for name, column in KILLMAIL.pairs:
+        row[column] = body.get(name)
+    row["killmail_time"] = time
+    position = body["victim"].get("position")
+    if position is not None:
+        for name, column in POSITION.pairs:
+            row[column] = float(position[name])
+    if not plain:
+        row["extra"] = _extra_text(KILLMAIL, body, "killmail")
+        if position is not None:
+            row["position_extra"] = _extra_text(POSITION, position, "victim.position")
+    if zkb is not None:
+        columns, zkb_extra = ZKB.values(zkb)  # type: ignore[arg-type]
+        row.update(columns)
+        # An empty zkb leaves no column to say it was there.
+        row["zkb_extra"] = _json_text(zkb_extra if zkb else {}, "zkb")
+    row["killmail_hash"] = row["killmail_hash"] or ""
+    if row["labels"] is not None:
+        row["labels"] = _LABELS.get_db_prep_save(row["labels"], connection)
+    return list(row.values())
+
+
+_LABELS = Killmail._meta.get_field("labels")
+
+
+def participant_rows(body: Mapping[str, Any], time: Any, plain: bool) -> list[tuple]:
+    """PARTICIPANT_COLUMNS for the victim and each attacker of one killmail."""
+    killmail_id = body["killmail_id"]
+    victim = body["victim"]
+    extra = None if plain else _extra_text(VICTIM, victim, "victim")
+    rows = [(killmail_id, time, True, 0, *_VICTIM_ROW.values(victim), extra)]
+    for ordinal, attacker in enumerate(body["attackers"]):
+        extra = None if plain else _extra_text(ATTACKER, attacker, f"attackers[{ordinal}]")
+        rows.append((killmail_id, time, False, ordinal, *_ATTACKER_ROW.values(attacker), extra))
+    return rows
+
+
+def item_rows(body: Mapping[str, Any], plain: bool) -> list[tuple]:
+    """ITEM_COLUMNS for each item of one killmail, container contents after their container."""
+    killmail_id = body["killmail_id"]
+    rows = []
+    container = None
+    for ordinal, (item, is_content) in enumerate(walk_items(body["victim"].get("items", ()))):
+        if not is_content:
+            container = ordinal
+        extra = None
+        if not plain:
+            shape = CONTENT if is_content else ITEM
+            extra = _extra_text(shape, item, f"victim.items, item {ordinal}")
+        rows.append(
+            (
+                killmail_id,
+                ordinal,
+                container if is_content else None,
+                *_ITEM_ROW.values(item),
+                extra,
+            )
+        )
+    return rows
