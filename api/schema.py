@@ -7,6 +7,9 @@ skipExisting}}) { success message queuedAt job { id status } }`. Invalid options
 
 Limits: operation depth, tokens and aliases per document, and page sizes, so one request
 cannot ask for the whole database.
+
+Why one long module: the types, the queries and the mutation of one small schema, read
+together with the limits that guard them.
 """
 
 from __future__ import annotations

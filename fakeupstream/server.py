@@ -8,6 +8,9 @@ JSON, HTML error pages, 429 bursts, 420 storms), reproducibly from a seed.
 Standard library only, no Django: it runs in a thread of a pytest process or as its own
 process (``python -m fakeupstream``). Other processes read its statistics and change its
 configuration through ``GET /_fake/stats`` and ``POST /_fake/config``.
+
+Why one long module: zKillboard's and ESI's emulations share the rule counters, the fault
+draws and the lock that make the violation count exact; they are kept side by side.
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@ strictly increase with ``killmail_time`` across the whole world.
 
 Pools of ship, weapon and item types, item flags, NPC corporations and solar systems are read
 from the real samples in ``fakeupstream/data/``.
+
+Why one long module: the world's generators (bodies, zkb, names, details) read the same
+pools and per-id random streams; split apart they would pass those around.
 """
 
 from __future__ import annotations

@@ -6,6 +6,9 @@ elsewhere is brought by the app that owns the work, as an `AdminExtension` it re
 `extend_admin` from its own admin module: "Backfill this character" (`backfill.admin`),
 "Re-enrich" and the name counts (`enrichment.admin`). Nothing is subclassed or registered
 again; the admins below hold their extensions and consult them.
+
+Why one long module: the admin of every killboard model, with the one extension point the
+other apps use.
 """
 
 from __future__ import annotations

@@ -12,6 +12,8 @@ and values a column cannot give back exactly (an integer beyond a float's precis
 written another way) stay verbatim in the extras of their row, which export lays back over
 the columns. zkb is zKillboard's metadata and never costs a body: a value out of shape there
 goes to the extras too.
+
+Why one long module: every shape and the checks they derive, read as one description.
 """
 
 from __future__ import annotations

@@ -4,6 +4,9 @@ The doors: `backfill_character`, the admin's add form and "Backfill this charact
 the GraphQL mutation, and `import_killmails` files. Behind the last one, the ingest validator
 is driven by hypothesis with arbitrary JSON values and mutations of valid killmails: it
 raises nothing but `InvalidKillmail`, and ingest stores nothing of what it rejects.
+
+Why one long module: every door bad input can come through, side by side, so a new door
+is checked against the same cases.
 """
 
 from __future__ import annotations

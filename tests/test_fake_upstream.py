@@ -1,6 +1,8 @@
 """Tests of the fake zKillboard and ESI: the rules it enforces and the data it serves.
 
 They talk to a real server on loopback with requests and need neither Django nor a database.
+
+Why one long module: it is the fake's whole contract, rule by rule, in one place.
 """
 
 from __future__ import annotations
