@@ -1,9 +1,10 @@
 """The Celery queues, and the command line of a worker that consumes them.
 
 The Procfile runs two workers: ``worker_backfill`` on BACKFILL_QUEUES and ``worker_enrichment``
-on ENRICHMENT_QUEUES (keep the two in step). The service tests and the benchmarks start their
-workers with ``worker_command()``. Imports neither Django models nor pytest, so any process
-may use it before Django is set up.
+on ENRICHMENT_QUEUES (keep the two in step); those are the queues of the entity kinds with
+details in `killboard.entities` (tests/test_entities.py checks both ways). The service tests
+and the benchmarks start their workers with ``worker_command()``. Imports neither Django
+models nor pytest, so any process may use it before Django is set up.
 """
 
 from __future__ import annotations

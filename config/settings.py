@@ -148,14 +148,12 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_DEFAULT_QUEUE = "zkillboard_backfill"
+# enrichment.tasks.enrich_details has no route here: it is sent to the queue of its kind's
+# entry in killboard.entities (tests/test_entities.py checks those are in config/queues.py).
 CELERY_TASK_ROUTES = {
     "backfill.tasks.fetch_page": {"queue": "zkillboard_backfill"},
     "backfill.tasks.fetch_bodies": {"queue": "esi_killmail"},
     "enrichment.tasks.resolve_names": {"queue": "esi_character_info_queue"},
-    "enrichment.tasks.enrich_characters": {"queue": "esi_character_info_queue"},
-    "enrichment.tasks.enrich_corporations": {"queue": "esi_corporation_info_queue"},
-    "enrichment.tasks.enrich_alliances": {"queue": "esi_alliance_info_queue"},
-    "enrichment.tasks.enrich_types": {"queue": "esi_type_info_queue"},
     "enrichment.tasks.refresh_stale": {"queue": "esi_character_info_queue"},
     "backfill.tasks.resume_stalled_jobs": {"queue": "zkillboard_backfill"},
 }

@@ -15,9 +15,7 @@ from django.template.loader import render_to_string
 
 from enrichment import services, tasks
 from killboard.admin import AdminExtension, extend_admin
-from killboard.models import Entity
-
-KIND_OF_MODEL: dict[type[Entity], str] = {model: kind for kind, model in services.KINDS.items()}
+from killboard.entities import BY_KIND, BY_MODEL, ENTITY_KINDS
 
 
 def reenrich(kind: str, ids: list[int]) -> None:
@@ -27,12 +25,12 @@ def reenrich(kind: str, ids: list[int]) -> None:
     systems, factions) only have a name, which the name scan fetches if still missing.
     Tasks are queued after the commit.
     """
-    model = services.KINDS[kind]
+    entry = BY_KIND[kind]
     with transaction.atomic():
-        model.objects.filter(id__in=ids).update(
+        entry.model.objects.filter(id__in=ids).update(
             not_found=False, name_retry_at=None, details_updated_at=None, expires_at=None
         )
-        if kind in services.DETAIL_KINDS:
+        if entry.has_details:
             tasks.queue_details({kind: ids})
         else:
             tasks.enqueue_enrichment(details=False)
@@ -42,7 +40,7 @@ def reenrich(kind: str, ids: list[int]) -> None:
 def re_enrich(model_admin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet) -> None:
     """Queue the selected entities for enrichment again."""
     ids = list(queryset.values_list("id", flat=True))
-    reenrich(KIND_OF_MODEL[queryset.model], ids)
+    reenrich(BY_MODEL[queryset.model].kind, ids)
     model_admin.message_user(
         request, f"Queued enrichment of {len(ids)} {queryset.model._meta.verbose_name_plural}."
     )
@@ -57,11 +55,11 @@ class EntityEnrichment(AdminExtension):
         """The counts of every kind, this admin's kind highlighted."""
         counts = services.enrichment_counts()
         context = {
-            "enrichment_kind": KIND_OF_MODEL[model_admin.model],
+            "enrichment_kind": BY_MODEL[model_admin.model].kind,
             "enrichment_counts": [{"kind": kind, **row} for kind, row in counts.items()],
         }
         return render_to_string("admin/enrichment/enrichment_counts.html", context, request)
 
 
-for _model in KIND_OF_MODEL:
-    extend_admin(_model, EntityEnrichment())
+for _entry in ENTITY_KINDS:
+    extend_admin(_entry.model, EntityEnrichment())

@@ -3,6 +3,9 @@
 Tasks and the `enrich` command call these; tests call them directly. No function here calls
 ESI inside a transaction: the shared limiter must commit its slot reservations for other
 processes to see them, so rows are written in short transactions between calls.
+
+Every kind is served by the same code: what differs (table, detail route, kept fields) is
+read from its entry in `killboard.entities.ENTITY_KINDS`.
 """
 
 from __future__ import annotations
@@ -11,42 +14,21 @@ import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
 
 from django.conf import settings
 from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
-from django.utils.dateparse import parse_datetime
 
 from enrichment.models import QueuedRun
 from killboard import ratelimit
-from killboard.models import (
-    Alliance,
-    Character,
-    Corporation,
-    EnrichmentStatus,
-    Entity,
-    Faction,
-    ItemType,
-    SolarSystem,
-)
+from killboard.entities import BY_KIND, ENTITY_KINDS, EntityKind, as_text
+from killboard.models import EnrichmentStatus, Entity
 from upstream import clients
 from upstream.esi import NAMES_MAX_IDS, Detail, EsiClient, EsiNotFound
 
 logger = logging.getLogger(__name__)
 
-# Every entity table /universe/names/ resolves, by kind.
-KINDS: dict[str, type[Entity]] = {
-    "character": Character,
-    "corporation": Corporation,
-    "alliance": Alliance,
-    "type": ItemType,
-    "solar_system": SolarSystem,
-    "faction": Faction,
-}
-# The kinds that also have a detail route.
-DETAIL_KINDS = ("character", "corporation", "alliance", "type")
 # A queued run older than this is taken as lost (a purged queue) and may be queued again.
 QUEUED_RUN_STALE_AFTER = timedelta(minutes=15)
 WRITE_BATCH = 500  # rows per UPDATE statement of bulk_update
@@ -60,74 +42,7 @@ DETAIL_STATE_FIELDS = (
     "etag",
     "expires_at",
 )
-
-
-def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _float(value: Any) -> float | None:
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    return None
-
-
-def _text(value: Any, length: int) -> str:
-    return value[:length] if isinstance(value, str) else ""
-
-
-def _time(value: Any) -> datetime | None:
-    return parse_datetime(value) if isinstance(value, str) else None
-
-
-def _character(body: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        "corporation_id": _int(body.get("corporation_id")),
-        "alliance_id": _int(body.get("alliance_id")),
-        "security_status": _float(body.get("security_status")),
-        "birthday": _time(body.get("birthday")),
-    }
-
-
-def _corporation(body: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        "ticker": _text(body.get("ticker"), 16),
-        "ceo_id": _int(body.get("ceo_id")),
-        "alliance_id": _int(body.get("alliance_id")),
-        "member_count": _int(body.get("member_count")),
-    }
-
-
-def _alliance(body: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        "ticker": _text(body.get("ticker"), 16),
-        "executor_corporation_id": _int(body.get("executor_corporation_id")),
-    }
-
-
-def _item_type(body: Mapping[str, Any]) -> dict[str, Any]:
-    return {"group_id": _int(body.get("group_id"))}
-
-
-@dataclass(frozen=True)
-class DetailRoute:
-    """How to fetch one kind's details and which fields of the body to keep."""
-
-    method: str  # the EsiClient method
-    fields: Callable[[Mapping[str, Any]], dict[str, Any]]
-    field_names: tuple[str, ...]
-
-
-DETAIL_ROUTES: dict[str, DetailRoute] = {
-    "character": DetailRoute(
-        "character", _character, ("corporation_id", "alliance_id", "security_status", "birthday")
-    ),
-    "corporation": DetailRoute(
-        "corporation", _corporation, ("ticker", "ceo_id", "alliance_id", "member_count")
-    ),
-    "alliance": DetailRoute("alliance", _alliance, ("ticker", "executor_corporation_id")),
-    "type": DetailRoute("item_type", _item_type, ("group_id",)),
-}
+_name = as_text(255)
 
 
 @dataclass
@@ -173,7 +88,8 @@ def pending_names(limit: int | None = None) -> dict[int, list[str]]:
     """Ids whose name is due (never tried, or retry time past), with the kinds holding them."""
     due = Q(name_retry_at__isnull=True) | Q(name_retry_at__lte=timezone.now())
     owners: dict[int, list[str]] = {}
-    for kind, model in KINDS.items():
+    for entry in ENTITY_KINDS:
+        kind, model = entry.kind, entry.model
         rows = model.objects.filter(due, name="", not_found=False).values_list("id", flat=True)
         for entity_id in rows:
             owners.setdefault(entity_id, []).append(kind)
@@ -250,7 +166,7 @@ def _save_names(
     grouped = _by_kind(sorted(names), owners)
     with transaction.atomic():
         for kind, ids in grouped.items():
-            model = KINDS[kind]
+            model = BY_KIND[kind].model
             rows = [model(id=entity_id, name=names[entity_id][:255]) for entity_id in ids]
             model.objects.bulk_update(rows, NAME_FIELDS, batch_size=WRITE_BATCH)
     for kind, ids in grouped.items():
@@ -263,7 +179,7 @@ def _mark_unresolvable(ids: list[int], owners: Mapping[int, list[str]], result: 
     retry_at = timezone.now() + timedelta(hours=settings.NAME_RETRY_HOURS)
     with transaction.atomic():
         for kind, kind_ids in _by_kind(ids, owners).items():
-            KINDS[kind].objects.filter(id__in=kind_ids).update(name_retry_at=retry_at)
+            BY_KIND[kind].model.objects.filter(id__in=kind_ids).update(name_retry_at=retry_at)
     result.unresolvable.extend(ids)
     logger.info("ESI cannot name ids %s yet; retrying after %s", ids, retry_at)
 
@@ -287,9 +203,11 @@ def enrich_details(kind: str, ids: Sequence[int], client: EsiClient | None = Non
     a 404 marks the entity not_found. Rows are written once at the end of the batch, and also
     when a call fails midway, so a retry does not fetch again what this run learned.
     """
-    route = DETAIL_ROUTES[kind]
-    model = KINDS[kind]
-    fetch: Callable[..., Detail] = getattr(client or clients.esi_client(ratelimit), route.method)
+    entry = BY_KIND[kind]
+    if not entry.has_details:
+        raise ValueError(f"{kind} has no detail route")
+    model = entry.model
+    client = client or clients.esi_client(ratelimit)
     wanted = set(ids)
     entities = list(model.objects.filter(id__in=wanted, not_found=False).order_by("id"))
     result = DetailResult(unknown=len(wanted) - len(entities))
@@ -301,7 +219,9 @@ def enrich_details(kind: str, ids: Sequence[int], client: EsiClient | None = Non
                 result.fresh += 1
                 continue
             try:
-                detail = fetch(entity.id, etag=entity.etag or None)
+                detail = client.detail(
+                    entry.path(entity.id), entry.detail_group, etag=entity.etag or None
+                )
             except EsiNotFound:
                 logger.info("ESI knows no %s %s; marked not found", kind, entity.id)
                 entity.not_found = True
@@ -309,7 +229,7 @@ def enrich_details(kind: str, ids: Sequence[int], client: EsiClient | None = Non
                 result.not_found += 1
                 changed.append(entity)
                 continue
-            _apply(entity, detail, route, now)
+            _apply(entity, detail, entry, now)
             if detail.status == 304:
                 result.unchanged += 1
             else:
@@ -317,7 +237,7 @@ def enrich_details(kind: str, ids: Sequence[int], client: EsiClient | None = Non
             changed.append(entity)
     finally:
         if changed:
-            field_names = [*DETAIL_STATE_FIELDS, *route.field_names]
+            field_names = [*DETAIL_STATE_FIELDS, *entry.detail_fields]
             with transaction.atomic():
                 model.objects.bulk_update(changed, field_names, batch_size=WRITE_BATCH)
     logger.info(
@@ -330,23 +250,23 @@ def enrich_details(kind: str, ids: Sequence[int], client: EsiClient | None = Non
     return result
 
 
-def _apply(entity: Entity, detail: Detail, route: DetailRoute, now: datetime) -> None:
+def _apply(entity: Entity, detail: Detail, entry: EntityKind, now: datetime) -> None:
     entity.details_updated_at = now
     entity.expires_at = detail.expires
     entity.etag = (detail.etag or "")[:128]
     if detail.body is None:
         return
-    name = _text(detail.body.get("name"), 255)
+    name = _name(detail.body.get("name"))
     if name:
         entity.name = name
         entity.name_retry_at = None
-    for key, value in route.fields(detail.body).items():
+    for key, value in entry.detail_values(detail.body).items():
         setattr(entity, key, value)
 
 
 def _detail_candidates(kind: str, cutoff: datetime | None, limit: int) -> list[int]:
     """Named entities never detailed, or (with a cutoff) detailed before it; oldest first."""
-    model = KINDS[kind]
+    model = BY_KIND[kind].model
     due = Q(details_updated_at__isnull=True)
     if cutoff is not None:
         due |= Q(details_updated_at__lt=cutoff)
@@ -380,9 +300,9 @@ def enrichment_counts() -> dict[str, dict[str, int]]:
     retry time are tried again once it has passed.
     """
     counts = {}
-    for kind, model in KINDS.items():
-        by_status = model.objects.count_by_enrichment_status()
-        counts[kind] = {
+    for entry in ENTITY_KINDS:
+        by_status = entry.model.objects.count_by_enrichment_status()
+        counts[entry.kind] = {
             "resolved": by_status[EnrichmentStatus.RESOLVED],
             "pending": by_status[EnrichmentStatus.PENDING],
             "unresolvable": (

@@ -1,12 +1,14 @@
 """Celery tasks of enrichment: thin wrappers that call `enrichment.services` and queue on.
 
-Queues (config/settings.py CELERY_TASK_ROUTES): names and characters on
-`esi_character_info_queue`, then one queue per detail kind. Every task is idempotent (it
-works from what the database says is due), so all run with acks_late. Errors follow the one
-retry policy (config.retries): transient ESI failures and a lost database connection retry
-with backoff and jitter, a rate limit when ESI says; permanent errors are written on the
-entity (retry time, not_found) by the services, never retried. The `failures` argument of the
-tasks that call ESI is the policy's count of transient failures in a row: callers leave it out.
+Queues: names on `esi_character_info_queue` (config/settings.py CELERY_TASK_ROUTES); one
+detail task, `enrich_details(kind, ids)`, for every kind, sent to the queue of the kind's
+entry in `killboard.entities` (`send_details`; a retry stays on that queue). Every task is
+idempotent (it works from what the database says is due), so all run with acks_late. Errors
+follow the one retry policy (config.retries): transient ESI failures and a lost database
+connection retry with backoff and jitter, a rate limit when ESI says; permanent errors are
+written on the entity (retry time, not_found) by the services, never retried. The `failures`
+argument of the tasks that call ESI is the policy's count of transient failures in a row:
+callers leave it out.
 """
 
 from __future__ import annotations
@@ -17,13 +19,15 @@ from dataclasses import asdict
 from functools import partial
 from typing import Any, TypeVar
 
-from celery import Task, shared_task
+from celery import shared_task
+from celery.result import AsyncResult
 from django.conf import settings
 from django.db import transaction
 
 from config import retries
 from config.retries import RetryingTask
 from enrichment import services
+from killboard.entities import BY_KIND, DETAILED
 
 logger = logging.getLogger(__name__)
 
@@ -65,65 +69,41 @@ def resolve_names(self: RetryingTask, details: bool = True, failures: int = 0) -
     }
 
 
-def _enrich(task: RetryingTask, kind: str, ids: Sequence[int]) -> dict[str, int]:
+@shared_task(**TASK_OPTIONS)
+def enrich_details(
+    self: RetryingTask, kind: str, ids: list[int], failures: int = 0
+) -> dict[str, int]:
+    """Fetch the details of entities of one kind (the fields its registry entry keeps)."""
     if len(ids) > MAX_IDS_PER_TASK:
         # Bound the work of one run: the rest goes out as tasks of its own, side by side.
         _queue_detail_batches(kind, ids[MAX_IDS_PER_TASK:])
         ids = ids[:MAX_IDS_PER_TASK]
-    return asdict(_call(task, partial(services.enrich_details, kind, ids)))
+    return asdict(_call(self, partial(services.enrich_details, kind, ids)))
 
 
-@shared_task(**TASK_OPTIONS)
-def enrich_characters(self: RetryingTask, ids: list[int], failures: int = 0) -> dict[str, int]:
-    """Fetch the details of characters (corporation, alliance, security status, birthday)."""
-    return _enrich(self, "character", ids)
-
-
-@shared_task(**TASK_OPTIONS)
-def enrich_corporations(self: RetryingTask, ids: list[int], failures: int = 0) -> dict[str, int]:
-    """Fetch the details of corporations (ticker, CEO, alliance, member count)."""
-    return _enrich(self, "corporation", ids)
-
-
-@shared_task(**TASK_OPTIONS)
-def enrich_alliances(self: RetryingTask, ids: list[int], failures: int = 0) -> dict[str, int]:
-    """Fetch the details of alliances (ticker, executor corporation)."""
-    return _enrich(self, "alliance", ids)
-
-
-@shared_task(**TASK_OPTIONS)
-def enrich_types(self: RetryingTask, ids: list[int], failures: int = 0) -> dict[str, int]:
-    """Fetch the details of item types (name, group)."""
-    return _enrich(self, "type", ids)
-
-
-DETAIL_TASKS: dict[str, Task] = {
-    "character": enrich_characters,
-    "corporation": enrich_corporations,
-    "alliance": enrich_alliances,
-    "type": enrich_types,
-}
+def send_details(kind: str, ids: list[int]) -> AsyncResult:
+    """Send one detail task now, on its kind's queue."""
+    return enrich_details.apply_async((kind, ids), queue=BY_KIND[kind].queue)
 
 
 @shared_task(**TASK_OPTIONS)
 def refresh_stale(self: RetryingTask) -> dict[str, int]:
     """Periodic: queue details older than ENRICHMENT_MAX_AGE (oldest first) and due names."""
     queued = {}
-    for kind in services.DETAIL_KINDS:
-        ids = services.stale_entities(kind, settings.ENRICHMENT_MAX_AGE, REFRESH_BATCH)
-        queue_details({kind: ids})
-        queued[kind] = len(ids)
+    for entry in DETAILED:
+        ids = services.stale_entities(entry.kind, settings.ENRICHMENT_MAX_AGE, REFRESH_BATCH)
+        queue_details({entry.kind: ids})
+        queued[entry.kind] = len(ids)
     enqueue_enrichment()
     return queued
 
 
 def _queue_detail_batches(kind: str, ids: Sequence[int]) -> None:
-    task = DETAIL_TASKS.get(kind)
-    if task is None:  # solar systems and factions have a name only
+    if not BY_KIND[kind].has_details:  # solar systems and factions have a name only
         return
     for start in range(0, len(ids), DETAIL_BATCH):
         batch = list(ids[start : start + DETAIL_BATCH])
-        transaction.on_commit(partial(task.delay, batch))
+        transaction.on_commit(partial(send_details, kind, batch))
 
 
 def queue_details(ids_by_kind: Mapping[str, Sequence[int]]) -> None:

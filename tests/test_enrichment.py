@@ -19,6 +19,7 @@ from enrichment import services, tasks
 from enrichment.models import QueuedRun
 from fakeupstream.server import FakeUpstream
 from fakeupstream.world import World
+from killboard.entities import DETAILED, ENTITY_KINDS
 from killboard.ingest import ingest_killmails
 from killboard.models import Alliance, Character, Corporation, ItemType, SolarSystem
 from tests.conftest import GENEROUS_BUCKETS
@@ -64,8 +65,8 @@ def entity_ids() -> set[int]:
     """Every distinct id in the six entity tables."""
     return {
         entity_id
-        for model in services.KINDS.values()
-        for entity_id in model.objects.values_list("id", flat=True)
+        for entry in ENTITY_KINDS
+        for entity_id in entry.model.objects.values_list("id", flat=True)
     }
 
 
@@ -89,8 +90,8 @@ def test_every_entity_is_named_with_one_call_per_thousand_ids(
 
     assert result.calls == math.ceil(total / NAMES_MAX_IDS) == upstream.stats()["esi_names"]
     assert result.resolved == total
-    for model in services.KINDS.values():
-        for entity in model.objects.all():
+    for entry in ENTITY_KINDS:
+        for entity in entry.model.objects.all():
             assert entity.name == world.name(entity.id)
     counts = services.enrichment_counts()
     assert sum(c["resolved"] for c in counts.values()) == total
@@ -255,7 +256,7 @@ def test_a_lost_database_connection_retries_the_detail_task(upstream: FakeUpstre
     monkeypatch.setattr(services, "enrich_details", lose_the_first_connection)
     monkeypatch.setattr("config.retries.time.sleep", lambda seconds: None)
 
-    outcome = tasks.enrich_corporations.apply(args=[[corporation.id]])
+    outcome = tasks.enrich_details.apply(args=["corporation", [corporation.id]])
 
     assert outcome.successful(), outcome.traceback
     assert calls == [[corporation.id], [corporation.id]]
@@ -289,9 +290,9 @@ def test_names_then_details_of_what_was_just_named(
     with django_capture_on_commit_callbacks(execute=True):
         tasks.resolve_names.apply(kwargs={"details": True})
 
-    for kind in services.DETAIL_KINDS:
-        model = services.KINDS[kind]
-        assert not model.objects.filter(details_updated_at__isnull=True).exists(), kind
+    for entry in DETAILED:
+        undetailed = entry.model.objects.filter(details_updated_at__isnull=True)
+        assert not undetailed.exists(), entry.kind
     assert not SolarSystem.objects.filter(name="").exists()
     assert_good_citizen(upstream)
 
@@ -373,7 +374,6 @@ def test_enrich_command_names_and_details_everything(upstream: FakeUpstream, wor
     characters = Character.objects.count()
     assert "1 unresolvable" in output
     assert f"character {characters - 1}/0/1" in output
-    for kind in services.DETAIL_KINDS:
-        model = services.KINDS[kind]
+    for model in (entry.model for entry in DETAILED):
         assert not model.objects.filter(details_updated_at__isnull=True).exclude(name="").exists()
     assert_good_citizen(upstream)

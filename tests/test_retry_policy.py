@@ -249,7 +249,7 @@ def test_every_task_of_the_apps_follows_the_policy():
         task for name, task in app.tasks.items() if name.startswith(("backfill.", "enrichment."))
     ]
 
-    assert len(ours) >= 8
+    assert len(ours) >= 6
     assert all(isinstance(task, retries.RetryingTask) for task in ours)
 
 

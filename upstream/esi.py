@@ -11,6 +11,9 @@ and the token bucket of its route group (`esi:<group>`, paced from `X-Ratelimit-
 The waits ESI names (`Retry-After`, `X-ESI-Error-Limit-Reset`) are capped by
 `upstream.limiter.capped_wait`. A killmail hash that is not 40 lowercase hex digits is
 refused before any request: it would only cost an error (or reach another route).
+
+Entity details go through one `detail(path, group)` for every kind; the caller holds each
+kind's route and group (`killboard.entities`, which this package may not import).
 """
 
 from __future__ import annotations
@@ -179,29 +182,11 @@ class EsiClient:
         except (KeyError, TypeError, ValueError) as exc:
             raise EsiUnavailable(f"unexpected /universe/names/ answer: {exc!r}", 200) from exc
 
-    def character(self, character_id: int, etag: str | None = None) -> Detail:
-        """GET /characters/{id}/ (corporation, alliance, security status, birthday)."""
-        return self._detail(f"characters/{character_id}/", "character", etag)
+    def detail(self, path: str, group: str, etag: str | None = None) -> Detail:
+        """GET a detail route (`characters/90/`) of rate-limit group `group`, with If-None-Match.
 
-    def corporation(self, corporation_id: int, etag: str | None = None) -> Detail:
-        """GET /corporations/{id}/ (ticker, ceo_id, alliance_id, member_count)."""
-        return self._detail(f"corporations/{corporation_id}/", "corporation", etag)
-
-    def alliance(self, alliance_id: int, etag: str | None = None) -> Detail:
-        """GET /alliances/{id}/ (ticker, executor_corporation_id)."""
-        return self._detail(f"alliances/{alliance_id}/", "alliance", etag)
-
-    def item_type(self, type_id: int, etag: str | None = None) -> Detail:
-        """GET /universe/types/{id}/ (name, group_id)."""
-        return self._detail(f"universe/types/{type_id}/", "universe", etag)
-
-    # -- plumbing ----------------------------------------------------------------------------
-
-    def interval(self, group: str) -> float:
-        """Seconds between two requests of a route group, as far as this client knows."""
-        return self._intervals.get(group) or bucket_interval(*DEFAULT_BUCKET)
-
-    def _detail(self, path: str, group: str, etag: str | None) -> Detail:
+        Serves every entity kind: the callers hold each kind's path and group.
+        """
         headers = {"If-None-Match": etag} if etag else None
         response = self._request("GET", path, group, headers=headers)
         expires = _http_date(response.headers.get("Expires"))
@@ -209,6 +194,28 @@ class EsiClient:
         if response.status_code == 304:
             return Detail(304, None, new_etag, expires)
         return Detail(200, self._json(response, dict), new_etag, expires)
+
+    def character(self, character_id: int, etag: str | None = None) -> Detail:
+        """GET /characters/{id}/ (a shorthand of `detail`)."""
+        return self.detail(f"characters/{character_id}/", "character", etag)
+
+    def corporation(self, corporation_id: int, etag: str | None = None) -> Detail:
+        """GET /corporations/{id}/ (a shorthand of `detail`)."""
+        return self.detail(f"corporations/{corporation_id}/", "corporation", etag)
+
+    def alliance(self, alliance_id: int, etag: str | None = None) -> Detail:
+        """GET /alliances/{id}/ (a shorthand of `detail`)."""
+        return self.detail(f"alliances/{alliance_id}/", "alliance", etag)
+
+    def item_type(self, type_id: int, etag: str | None = None) -> Detail:
+        """GET /universe/types/{id}/ (a shorthand of `detail`)."""
+        return self.detail(f"universe/types/{type_id}/", "universe", etag)
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    def interval(self, group: str) -> float:
+        """Seconds between two requests of a route group, as far as this client knows."""
+        return self._intervals.get(group) or bucket_interval(*DEFAULT_BUCKET)
 
     def _request(
         self,

@@ -15,6 +15,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from enrichment import services, tasks
+from killboard.entities import DETAILED
 from upstream.errors import UpstreamError
 
 POLL_SECONDS = 2.0
@@ -54,7 +55,7 @@ class Command(BaseCommand):
             f"names: {named['resolved']} resolved in {named['calls']} calls, "
             f"{named['unresolvable']} unresolvable"
         )
-        for kind in () if names_only else services.DETAIL_KINDS:
+        for kind in () if names_only else (entry.kind for entry in DETAILED):
             done: set[int] = set()
             while True:
                 if refresh:
@@ -66,7 +67,7 @@ class Command(BaseCommand):
                 ids = [entity_id for entity_id in ids if entity_id not in done]
                 if not ids:
                     break
-                tasks.DETAIL_TASKS[kind].delay(ids).get()
+                tasks.send_details(kind, ids).get()
                 done.update(ids)
             if done:
                 self.stdout.write(f"details: {len(done)} {kind} ids fetched or checked")
@@ -74,7 +75,7 @@ class Command(BaseCommand):
     def _queue(self, refresh: bool, wait: bool, names_only: bool) -> None:
         queued = tasks.enqueue_enrichment(details=not names_only)
         details = 0
-        for kind in () if names_only else services.DETAIL_KINDS:
+        for kind in () if names_only else (entry.kind for entry in DETAILED):
             ids = services.undetailed_entities(kind, tasks.REFRESH_BATCH)
             tasks.queue_details({kind: ids})
             details += len(ids)
