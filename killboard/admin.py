@@ -121,6 +121,20 @@ def entity_label(entity: Entity | None, entity_id: int | None) -> str:
     return f"#{entity_id}" if entity_id else ""
 
 
+class ReadOnlyAdmin(ExtensibleAdmin):
+    """Rows only ingest writes: nobody adds, edits or deletes them here, so nothing is lost
+    by hand (a rejected killmail leaves the quarantine only when a retry stores it)."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
 class EnrichmentStatusFilter(admin.SimpleListFilter):
     """Filter entities by enrichment status."""
 
@@ -296,7 +310,7 @@ class ItemInline(ReadOnlyInline):
 
 
 @admin.register(Killmail)
-class KillmailAdmin(ExtensibleAdmin):
+class KillmailAdmin(ReadOnlyAdmin):
     """Killmails as stored: read-only, with names resolved in one query per page."""
 
     list_display = (
@@ -357,15 +371,6 @@ class KillmailAdmin(ExtensibleAdmin):
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
         return [field.name for field in self.model._meta.fields]
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
     @admin.display(description="victim", ordering="victim_character_name")
     def victim_name(self, obj: Killmail) -> str:
         return obj.victim_character_name or (
@@ -386,7 +391,7 @@ class KillmailAdmin(ExtensibleAdmin):
 
 
 @admin.register(RejectedKillmail)
-class RejectedKillmailAdmin(ExtensibleAdmin):
+class RejectedKillmailAdmin(ReadOnlyAdmin):
     """The quarantine: rejected killmails kept as they came, read-only; retried, not edited."""
 
     list_display = ("killmail_id", "reason", "source", "job_id", "rejected_at")
@@ -405,16 +410,6 @@ class RejectedKillmailAdmin(ExtensibleAdmin):
         "raw_record",
     )
     actions = ("retry",)
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        # Deleting a row would lose the killmail: rows leave only when a retry stores it.
-        return False
 
     def has_retry_permission(self, request: HttpRequest) -> bool:
         """Retrying stores killmails, so it takes the change permission (rows stay as they are)."""
