@@ -39,9 +39,9 @@ from killboard.rows import (
     item_rows,
     killmail_row,
     participant_rows,
+    zkb_fields,
 )
 from killboard.shapes import (
-    ZKB,
     InvalidKillmail,
     parse_time,
     short_repr,
@@ -371,11 +371,8 @@ def update_zkb(zkbs: dict[int, Any]) -> int:
         if not isinstance(zkb, dict):
             logger.warning("Kept the stored zkb of killmail %s: %s", killmail_id, short_repr(zkb))
             continue
-        columns, extra = ZKB.values(zkb)
-        values = {column: columns.get(column) for column in ZKB_COLUMNS}
-        values["killmail_hash"] = values["killmail_hash"] or ""
-        zkb_extra = extra if zkb else {}
-        killmails.append(Killmail(killmail_id=killmail_id, zkb_extra=zkb_extra, **values))
+        values, extra = zkb_fields(zkb)
+        killmails.append(Killmail(killmail_id=killmail_id, zkb_extra=extra, **values))
     Killmail.objects.bulk_update(
         killmails, [*ZKB_COLUMNS, "zkb_extra"], batch_size=INSERT_CHUNK // 10
     )

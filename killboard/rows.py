@@ -177,6 +177,18 @@ def _json_text(extra: dict[str, Any] | None, where: str) -> str | None:
         raise InvalidKillmail(None, f"{where}: cannot be kept as JSON ({exc})") from None
 
 
+def zkb_fields(zkb: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Every zkb column's value (None when absent, no hash ""), and the zkb extras.
+
+    The extras hold what the columns do not, and are `{}` for an empty zkb, which leaves no
+    column to say it was there.
+    """
+    columns, extra = ZKB.values(zkb)  # type: ignore[arg-type]
+    values = {column: columns.get(column) for column in ZKB_COLUMNS}
+    values["killmail_hash"] = values["killmail_hash"] or ""
+    return values, extra if zkb else {}
+
+
 def killmail_row(
     body: Mapping[str, Any], zkb: Mapping[str, Any] | None, time: Any, plain: bool
 ) -> list[Any]:
@@ -193,12 +205,11 @@ def killmail_row(
         row["extra"] = _extra_text(KILLMAIL, body, "killmail")
         if position is not None:
             row["position_extra"] = _extra_text(POSITION, position, "victim.position")
+    row["killmail_hash"] = ""
     if zkb is not None:
-        columns, zkb_extra = ZKB.values(zkb)  # type: ignore[arg-type]
+        columns, zkb_extra = zkb_fields(zkb)
         row.update(columns)
-        # An empty zkb leaves no column to say it was there.
-        row["zkb_extra"] = _json_text(zkb_extra if zkb else {}, "zkb")
-    row["killmail_hash"] = row["killmail_hash"] or ""
+        row["zkb_extra"] = _json_text(zkb_extra, "zkb")
     if row["labels"] is not None:
         row["labels"] = _LABELS.get_db_prep_save(row["labels"], connection)
     return list(row.values())

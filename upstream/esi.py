@@ -29,7 +29,7 @@ from typing import Any
 import requests
 
 from upstream.errors import RateLimited, Rejected, Unavailable, UpstreamError
-from upstream.http import Timeout, new_session
+from upstream.http import Timeout, new_session, root_url
 from upstream.limiter import WORKER_MAX_WAIT, Limiter, capped_wait
 
 logger = logging.getLogger(__name__)
@@ -145,7 +145,7 @@ class EsiClient:
 
         A call waits inline at most `max_wait` seconds for a blocked slot, else `RateLimited`.
         """
-        self.base_url = base_url if base_url.endswith("/") else base_url + "/"
+        self.base_url = root_url(base_url)
         self.limiter = limiter
         self.max_wait = max_wait
         self.session = new_session(contact, timeout, compatibility_date=COMPATIBILITY_DATE)

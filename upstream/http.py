@@ -28,6 +28,11 @@ class UpstreamSession(requests.Session):
         return super().request(method, url, **kwargs)
 
 
+def root_url(url: str) -> str:
+    """An upstream's root URL, ending with "/" so paths join onto it."""
+    return url if url.endswith("/") else url + "/"
+
+
 def user_agent(contact: str) -> str:
     """The User-Agent of every request: app, version and how to reach the operator."""
     return f"{APP}/{VERSION} (+contact: {contact})"

@@ -20,7 +20,7 @@ import requests
 
 from upstream.errors import Blocked, RateLimited, Rejected, Unavailable, UpstreamError
 from upstream.esi import is_killmail_hash
-from upstream.http import Timeout, new_session
+from upstream.http import Timeout, new_session, root_url
 from upstream.limiter import WORKER_MAX_WAIT, Limiter, capped_wait
 
 logger = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ class ZkillboardClient:
 
         A call waits inline at most `max_wait` seconds for a blocked slot, else `RateLimited`.
         """
-        self.base_url = base_url if base_url.endswith("/") else base_url + "/"
+        self.base_url = root_url(base_url)
         self.interval = 1.0 / requests_per_second
         self.limiter = limiter
         self.max_wait = max_wait
