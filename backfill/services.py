@@ -140,8 +140,10 @@ def _next_cursor(
             year,
             month,
         )
-    # Only a month walk needs its first month (and with it, maybe, the birthday).
-    start = _history_start(job) if year else paging.HISTORY_START
+    # Only a step back to the month before needs the walk's first month (and with it, maybe,
+    # the birthday): a page that goes on within its month costs no query.
+    steps_back = year and not (full and page < paging.ZKB_MAX_PAGE)
+    start = _history_start(job) if steps_back else paging.HISTORY_START
     return paging.next_cursor(
         year, month, page, full=full, oldest=oldest, start=start, now=timezone.now()
     )
