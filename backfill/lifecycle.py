@@ -14,7 +14,7 @@ messages do no work twice, and a job cannot end twice or come back from an end b
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from datetime import date, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -22,7 +22,8 @@ from django.db import transaction
 from django.db.models import Case, Exists, OuterRef, Q, Value, When
 from django.utils import timezone
 
-from backfill.models import BackfillJob, PendingKillmail
+from backfill import days
+from backfill.models import BackfillDay, BackfillJob, PendingKillmail
 from backfill.paging import ZKB_PAGE_SIZE
 from killboard.inputs import InvalidInput, parse_date, parse_positive_id
 
@@ -36,38 +37,86 @@ class InvalidBackfill(InvalidInput):
     """Options a backfill cannot run with; `str()` is one clear line for the user."""
 
 
-def create_job(
+# The targets zKillboard lists (a history job has none: its days come from the day dumps).
+TARGET_TYPES = [t for t in BackfillJob.TargetType if t != BackfillJob.TargetType.HISTORY]
+
+
+def parse_dates(from_date: Any, to_date: Any) -> tuple[date | None, date | None]:
+    """The job's from and to dates (YYYY-MM-DD, inclusive); `InvalidBackfill` if bad."""
+    try:
+        start = parse_date(from_date, "from date")
+        end = parse_date(to_date, "to date")
+    except InvalidInput as exc:
+        raise InvalidBackfill(str(exc)) from None
+    today = timezone.now().date()
+    if start and start > today:
+        raise InvalidBackfill(f"from date {start} is in the future")
+    if start and end and end < start:
+        raise InvalidBackfill(f"to date {end} is before from date {start}")
+    return start, end
+
+
+def create_job(target_id: Any, **options: Any) -> BackfillJob:
+    """Validate the options and create a queued job (not started); `InvalidBackfill` if bad."""
+    job = build_job(target_id, **options)
+    job.save()
+    return job
+
+
+def build_job(
     target_id: Any,
     *,
     target_type: str = BackfillJob.TargetType.CHARACTER,
     from_date: Any = None,
+    to_date: Any = None,
     max_pages: int | None = None,
     limit: int = ZKB_PAGE_SIZE,
     skip_existing: bool = True,
 ) -> BackfillJob:
-    """Validate the options and create a queued job (not started); `InvalidBackfill` if bad."""
-    if target_type not in BackfillJob.TargetType.values:
-        raise InvalidBackfill(f"target type must be one of {', '.join(BackfillJob.TargetType)}")
+    """A queued job with these options, not saved (an estimate needs no row); `InvalidBackfill`
+    if an option is bad."""
+    if target_type not in TARGET_TYPES:
+        raise InvalidBackfill(f"target type must be one of {', '.join(TARGET_TYPES)}")
     try:
-        target = parse_positive_id(target_id, f"{target_type} id")
-        start = parse_date(from_date, "from date")
+        target = parse_positive_id(target_id, f"{target_type.replace('_', ' ')} id")
     except InvalidInput as exc:
         raise InvalidBackfill(str(exc)) from None
-    if start and start > timezone.now().date():
-        raise InvalidBackfill(f"from date {start} is in the future")
+    start, end = parse_dates(from_date, to_date)
     if max_pages is not None and (type(max_pages) is not int or max_pages < 1):
         raise InvalidBackfill(f"max pages must be a whole number of at least 1, got {max_pages!r}")
     if max_pages is not None and max_pages > MAX_PAGES:
         raise InvalidBackfill(f"max pages must be at most {MAX_PAGES}, got {max_pages!r}")
     if type(limit) is not int or not 1 <= limit <= ZKB_PAGE_SIZE:
         raise InvalidBackfill(f"limit must be a whole number from 1 to 200, got {limit!r}")
-    return BackfillJob.objects.create(
+    return BackfillJob(
         target_type=target_type,
         target_id=target,
         from_date=start,
+        to_date=end,
         max_pages=max_pages,
         limit=limit,
         skip_existing=skip_existing,
+    )
+
+
+def create_history_job(from_date: Any, to_date: Any = None) -> BackfillJob:
+    """Validate the dates and create a queued history job (not started)."""
+    job = build_history_job(from_date, to_date)
+    job.save()
+    return job
+
+
+def build_history_job(from_date: Any, to_date: Any = None) -> BackfillJob:
+    """A queued, unsaved job for every killmail of the UTC days from_date..to_date (yesterday
+    at the latest: the current day is not dumped yet); `InvalidBackfill` if a date is bad."""
+    start, end = parse_dates(from_date, to_date)
+    if start is None:
+        raise InvalidBackfill("a history backfill needs a from date")
+    last_dumped = timezone.now().date() - timedelta(days=1)
+    if start > last_dumped:
+        raise InvalidBackfill(f"from date {start}: R2Z2 has dumped days up to {last_dumped}")
+    return BackfillJob(
+        target_type=BackfillJob.TargetType.HISTORY, target_id=0, from_date=start, to_date=end
     )
 
 
@@ -141,7 +190,8 @@ def record_task_id(job_id: int, task_id: str, kept: int) -> None:
 
 
 def finish_if_done(job_id: int) -> bool:
-    """End the job once paging is done and no body is pending; True if this call ended it.
+    """End the job once paging is done and no day or body is pending; True if this call
+    ended it.
 
     It ends succeeded only when no killmail failed or was rejected, else partial. One
     conditional UPDATE decides both, on the counters as the row holds them, so workers
@@ -151,15 +201,26 @@ def finish_if_done(job_id: int) -> bool:
         When(Q(failed__gt=0) | Q(rejected__gt=0), then=Value(BackfillJob.Status.PARTIAL)),
         default=Value(BackfillJob.Status.SUCCEEDED),
     )
-    return bool(
+    ended = bool(
         BackfillJob.objects.active()
         .filter(
             ~Exists(PendingKillmail.objects.filter(job_id=OuterRef("pk"))),
+            ~Exists(BackfillDay.objects.filter(job_id=OuterRef("pk"), done_at=None)),
             pk=job_id,
             paging_done=True,
         )
         .update(status=outcome, finished_at=timezone.now(), lease_until=None)
     )
+    if ended:
+        # A history job's days are measured again now that ESI has given what it could.
+        days.record_coverage(
+            list(
+                BackfillDay.objects.filter(
+                    job_id=job_id, job__target_type=BackfillJob.TargetType.HISTORY
+                ).values_list("day", "count")
+            )
+        )
+    return ended
 
 
 def fail_job(job_id: int, error: str) -> None:

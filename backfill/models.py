@@ -28,7 +28,9 @@ class BackfillJob(models.Model):
     """The backfill of one target's killmail history, newest first, resumable at `cursor`.
 
     The cursor names the next zKillboard page to fetch: `all/N` (page N of the target's
-    whole history) or `YYYY-MM/N` (page N of one month, for history deeper than 100 pages).
+    whole history) or `YYYY-MM/N` (page N of one month, for history deeper than 100 pages
+    or before `to_date`). A `history` job has no target and no pages: its units of work are
+    UTC days of R2Z2's day dumps (`BackfillDay`). `plan` is what the planner decided.
     """
 
     class Status(models.TextChoices):
@@ -44,6 +46,11 @@ class BackfillJob(models.Model):
         CHARACTER = "character"
         CORPORATION = "corporation"
         ALLIANCE = "alliance"
+        SHIP_TYPE = "ship_type"
+        SOLAR_SYSTEM = "solar_system"
+        REGION = "region"
+        # Every killmail of the days from_date..to_date, from R2Z2's day dumps (target_id 0).
+        HISTORY = "history"
 
     ACTIVE = (Status.QUEUED, Status.RUNNING)
     # Paging done and nothing pending: every listed killmail was accounted for.
@@ -53,14 +60,17 @@ class BackfillJob(models.Model):
     # The counters, in the order the summary names them.
     COUNTERS = (
         "pages_fetched",
+        "dumps_fetched",
         "killmails_listed",
         "already_stored",
         "bodies_from_page",
+        "bodies_from_dump",
         "bodies_from_esi",
         "stored",
         "failed",
         "rejected",
         "skipped_older",
+        "skipped_newer",
     )
 
     target_type = models.CharField(
@@ -69,6 +79,7 @@ class BackfillJob(models.Model):
     target_id = models.BigIntegerField()
     # Options, as the original system documents them.
     from_date = models.DateField(null=True, blank=True, help_text="Only killmails on or after.")
+    to_date = models.DateField(null=True, blank=True, help_text="Only killmails on or before.")
     max_pages = models.PositiveIntegerField(null=True, blank=True, help_text="Empty: no bound.")
     limit = models.PositiveSmallIntegerField(default=ZKB_PAGE_SIZE, help_text="Killmails a page.")
     skip_existing = models.BooleanField(default=True)
@@ -80,11 +91,17 @@ class BackfillJob(models.Model):
     boundary_id = models.BigIntegerField(null=True, blank=True)
     # A worker owns the page at `cursor` until then; a killed worker's claim simply expires.
     lease_until = models.DateTimeField(null=True, blank=True)
+    # The planner's decisions and figures (backfill.planner.Plan.as_dict()).
+    plan = models.JSONField(default=dict, blank=True)
 
     pages_fetched = models.PositiveIntegerField(default=0)
+    dumps_fetched = models.PositiveIntegerField(
+        default=0, help_text="R2Z2 day-dump downloads (totals, id lists, raw days)."
+    )
     killmails_listed = models.PositiveIntegerField(default=0)
     already_stored = models.PositiveIntegerField(default=0)
     bodies_from_page = models.PositiveIntegerField(default=0)
+    bodies_from_dump = models.PositiveIntegerField(default=0)
     bodies_from_esi = models.PositiveIntegerField(default=0)
     stored = models.PositiveIntegerField(default=0)
     failed = models.PositiveIntegerField(
@@ -97,6 +114,9 @@ class BackfillJob(models.Model):
     )
     skipped_older = models.PositiveIntegerField(
         default=0, help_text="Listed killmails older than from_date, not stored."
+    )
+    skipped_newer = models.PositiveIntegerField(
+        default=0, help_text="Listed killmails newer than to_date, not stored."
     )
 
     last_error = models.TextField(blank=True)
@@ -128,12 +148,29 @@ class BackfillJob(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"Backfill #{self.pk} of {self.target_type} {self.target_id}"
+        return f"Backfill #{self.pk} of {self.target}"
+
+    @property
+    def target(self) -> str:
+        """What the job backfills, in words: "corporation 98000001", "history 2026-08-01..."."""
+        if self.target_type == self.TargetType.HISTORY:
+            return f"history {self.from_date}..{self.to_date or 'yesterday'}"
+        return f"{self.get_target_type_display().lower()} {self.target_id}"
 
     @property
     def max_killmails(self) -> int | None:
         """At most max_pages x limit killmails, newest first (None: no bound)."""
         return self.max_pages * self.limit if self.max_pages else None
+
+    @property
+    def needs_plan(self) -> bool:
+        """Whether the job is still to be planned: a history job without days, or a scoped
+        job that has not begun listing (a job from before plans goes on without one)."""
+        if self.plan:
+            return False
+        if self.target_type == self.TargetType.HISTORY:
+            return True
+        return not self.paging_done and self.pages_fetched == 0 and self.cursor == "all/1"
 
     @property
     def is_active(self) -> bool:
@@ -149,7 +186,8 @@ class BackfillJob(models.Model):
             - self.stored
             - self.failed
             - self.rejected
-            - self.skipped_older,
+            - self.skipped_older
+            - self.skipped_newer,
         )
 
     @property
@@ -194,14 +232,17 @@ class BackfillJob(models.Model):
         }
 
     def counts_line(self) -> str:
-        """The counters in words; `pending` only while some are."""
+        """The counters in words; day dumps, `skipped_newer` and `pending` only when some."""
+        dumps = f", {self.dumps_fetched} day dumps" if self.dumps_fetched else ""
+        from_dumps = f", {self.bodies_from_dump} from day dumps" if self.bodies_from_dump else ""
+        newer = f", {self.skipped_newer} newer than --to-date" if self.skipped_newer else ""
         pending = f", {self.pending} pending" if self.pending else ""
         return (
-            f"{self.pages_fetched} pages, {self.killmails_listed} killmails listed, "
-            f"{self.stored} stored ({self.bodies_from_page} bodies from pages, "
+            f"{self.pages_fetched} pages{dumps}, {self.killmails_listed} killmails listed, "
+            f"{self.stored} stored ({self.bodies_from_page} bodies from pages{from_dumps}, "
             f"{self.bodies_from_esi} from ESI), {self.already_stored} already stored, "
             f"{self.failed} failed, {self.rejected} rejected, "
-            f"{self.skipped_older} older than --from-date{pending}"
+            f"{self.skipped_older} older than --from-date{newer}{pending}"
         )
 
     def summary_line(self) -> str:
@@ -224,6 +265,10 @@ class PendingKillmail(models.Model):
     killmail_id = models.BigIntegerField()
     killmail_hash = models.CharField(max_length=40)
     zkb = models.JSONField()
+    # The month the listing places the killmail in (YYYYMM), when known.
+    month = models.PositiveIntegerField(null=True, blank=True)
+    # Waiting for the job's day dumps (BackfillDay); what they lack then goes to ESI.
+    from_dump = models.BooleanField(default=False)
     # A worker fetching this body owns it until then (see backfill.services.claim_pending).
     claim = models.UUIDField(null=True, blank=True)
     claimed_until = models.DateTimeField(null=True, blank=True)
@@ -256,3 +301,50 @@ class FailedKillmail(models.Model):
 
     def __str__(self) -> str:
         return f"killmail {self.killmail_id}: {self.reason}"
+
+
+class BackfillDay(models.Model):
+    """One UTC day of a job's work from R2Z2's day dumps, done once, whoever takes it.
+
+    A `history` job lists the day's ids from `history/YYYYMMDD.json` and takes their bodies
+    from the raw dump; a scoped job takes from the raw dump the bodies its pages lacked.
+    """
+
+    job = models.ForeignKey(BackfillJob, on_delete=models.CASCADE, related_name="days")
+    day = models.DateField()
+    # zKillboard's count of the day (history/totals.json) when the job was planned.
+    count = models.PositiveIntegerField(default=0)
+    claimed_until = models.DateTimeField(null=True, blank=True)
+    done_at = models.DateTimeField(null=True, blank=True)
+    # Killmails the day's work stored so far (kept across a crash in the middle of the day).
+    stored = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ("-day",)
+        constraints = [
+            models.UniqueConstraint(fields=["job", "day"], name="backfillday_unique_per_job"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.day} of job {self.job_id}"
+
+
+class DayCoverage(models.Model):
+    """The store's coverage of one UTC day of the whole game, as the day dumps count it.
+
+    `complete` once every id of the day's dump is stored; a history backfill skips such a
+    day unless zKillboard's count (`zkb_count`, from history/totals.json) has changed since.
+    """
+
+    day = models.DateField(primary_key=True)
+    zkb_count = models.PositiveIntegerField()
+    stored_count = models.PositiveIntegerField()
+    complete = models.BooleanField(default=False)
+    checked_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ("-day",)
+        verbose_name_plural = "day coverage"
+
+    def __str__(self) -> str:
+        return f"{self.day}: {self.stored_count} of {self.zkb_count}"

@@ -4,7 +4,9 @@ Paging (zKillboard rules): pages 1..100 of the target's whole history, newest fi
 killmails a page; when page 100 is full, the rest is walked month by month (`year/Y/month/M/`,
 newest month first) listing only killmails older than the last one of page 100. A page with
 fewer than 200 killmails ends its listing. `from_date` ends the walk at the first killmail
-before it; `max_pages x limit` bounds the killmails listed.
+before it; `max_pages x limit` bounds the killmails listed. With `to_date` the walk is month
+by month from to_date's month. When zKillboard's statistics tell which months hold killmails
+(`months`, YYYYMM), the month walk skips the others.
 
 A job's place is its cursor: `all/N` (page N of the whole history) or `YYYY-MM/N` (page N of
 one month). Nothing here touches the database, the network or the clock: callers pass in
@@ -13,7 +15,7 @@ what they looked up (the oldest killmail time of a page, the character's birthda
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import date, datetime, timedelta
 
 from upstream.zkillboard import PageItem
@@ -71,12 +73,45 @@ def reached_from_date(oldest: datetime | None, from_date: date | None) -> bool:
 
 
 def history_start(from_date: date | None, birthday: date | None) -> date:
-    """The first month a month walk must cover: from_date's, else the birthday's, else 2007-12."""
+    """The first month a month walk must cover: from_date's, else the target's birthday's
+    (a character's, a corporation's or alliance's founding), else 2007-12."""
     if from_date:
         return from_date.replace(day=1)
     if birthday:
-        return birthday.replace(day=1)
+        return max(birthday.replace(day=1), HISTORY_START)
     return HISTORY_START
+
+
+def _month_before(year: int, month: int) -> date:
+    return (date(year, month, 1) - timedelta(days=1)).replace(day=1)
+
+
+def _month_walk_from(first: date, start: date, months: Collection[int] | None) -> str | None:
+    """The cursor of the first month page from `first` back to `start` that may hold
+    killmails (any, when `months` is unknown), or None when there is none."""
+    while first >= start:
+        if months is None or first.year * 100 + first.month in months:
+            return make_cursor(first.year, first.month, 1)
+        first = _month_before(first.year, first.month)
+    return None
+
+
+def first_cursor(to_date: date | None, start: date, months: Collection[int] | None) -> str | None:
+    """Where a job's listing begins: page 1 of the whole history, or with `to_date` the
+    month walk from to_date's month (None: the statistics count nothing to list)."""
+    if to_date is None:
+        return make_cursor(0, 0, 1)
+    return _month_walk_from(to_date.replace(day=1), start, months)
+
+
+def month_at(position: int, months: Sequence[Sequence[int]]) -> int | None:
+    """The month (YYYYMM) of the killmail at `position` (0: the newest) of a whole-history
+    listing, by the statistics' counts per month (newest first); None beyond them."""
+    for month, count in months:
+        if position < count:
+            return month
+        position -= count
+    return None
 
 
 def next_cursor(
@@ -88,13 +123,15 @@ def next_cursor(
     oldest: datetime | None,
     start: date,
     now: datetime,
+    months: Collection[int] | None = None,
 ) -> str | None:
     """The cursor after this page, or None when the listing ends here.
 
     `full`: the page held 200 killmails; `oldest`: the time of its oldest killmail, when
     known; `start`: the first month of the walk (`history_start`). A full page 100 of the
     whole history goes on month by month from the month of its oldest killmail (from `now`'s
-    when unknown); a full page 100 of a month is as deep as zKillboard goes in it.
+    when unknown); a full page 100 of a month is as deep as zKillboard goes in it. `months`:
+    the months that hold killmails, when known; the walk skips the others.
     """
     if full and page < ZKB_MAX_PAGE:
         return make_cursor(year, month, page + 1)
@@ -103,7 +140,4 @@ def next_cursor(
             return None
         begin = oldest or now
         return make_cursor(begin.year, begin.month, 1)
-    previous = (date(year, month, 1) - timedelta(days=1)).replace(day=1)
-    if previous < start:
-        return None
-    return make_cursor(previous.year, previous.month, 1)
+    return _month_walk_from(_month_before(year, month), start, months)

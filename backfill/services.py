@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -23,10 +23,11 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from backfill import lifecycle, paging
+from backfill import days, lifecycle, paging, planner, planning
 from backfill.models import BackfillJob, FailedKillmail, PendingKillmail
+from backfill.planner import Plan
 from killboard.ingest import Rejection, ingest_killmails, quarantine, update_zkb
-from killboard.models import Character, Killmail
+from killboard.models import Killmail
 from killboard.shapes import parse_time
 from upstream.esi import EsiClient, EsiNotFound
 from upstream.zkillboard import PageItem, ZkillboardClient
@@ -39,10 +40,12 @@ BODY_CHUNK = 50
 
 @dataclass(frozen=True)
 class PageOutcome:
-    """What processing a page did and what comes next."""
+    """What processing a page did and what comes next: the next page, the bodies to ask ESI
+    for, and (once paging is done) the days whose raw dumps hold the rest."""
 
     next_cursor: str | None
     pending_ids: list[int]
+    days: list[date] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,7 @@ def process_page(job_id: int, cursor: str, zkb: ZkillboardClient, esi: EsiClient
     """
     job = BackfillJob.objects.get(pk=job_id)
     lifecycle.mark_started(job)
+    plan = Plan.from_dict(job.plan)
     year, month, page = paging.parse_cursor(cursor)
     items = zkb.fetch_page(job.target_type, job.target_id, page, year, month)
     full = paging.is_full(items)
@@ -116,21 +120,42 @@ def process_page(job_id: int, cursor: str, zkb: ZkillboardClient, esi: EsiClient
         if paging.ends_whole_history(year, page):
             boundary_id = items[-1].killmail_id
     done = done or paging.reached_from_date(oldest, job.from_date)
-    next_cursor = None if done else _next_cursor(job, year, month, page, full, oldest)
+    next_cursor = None if done else _next_cursor(job, plan, year, month, page, full, oldest)
+    if year:
+        months: list[int | None] = [planner.month_key(year, month)] * len(items)
+    else:
+        listed = plan.months if plan else []
+        months = [paging.month_at(job.killmails_listed + n, listed) for n in range(len(items))]
+    dump_months = set(plan.dump_months) if plan else set()
 
     with transaction.atomic():
-        counts = _store_page(job, items, source=f"backfill #{job_id}, zKillboard page {cursor}")
+        counts = _store_page(
+            job,
+            items,
+            months,
+            dump_months,
+            source=f"backfill #{job_id}, zKillboard page {cursor}",
+        )
         if not lifecycle.move_cursor(job_id, cursor, next_cursor, boundary_id):
             # Cancelled meanwhile, or someone else did this page: keep nothing of ours.
             transaction.set_rollback(True)
             return PageOutcome(None, [])
         job.add_counts(pages_fetched=1, killmails_listed=len(items), **counts)
+        # Paging done: the dense months' days, or ESI, for the bodies held for day dumps.
+        dump_days, released = ([], []) if next_cursor else days.plan_dump_days(job, plan)
     logger.info("Job %s: page %s done, %s listed, next %s", job_id, cursor, len(items), next_cursor)
-    return PageOutcome(next_cursor, pending_among(job_id, [i.killmail_id for i in items]))
+    pending = set(pending_among(job_id, [i.killmail_id for i in items])) | set(released)
+    return PageOutcome(next_cursor, sorted(pending, reverse=True), dump_days)
 
 
 def _next_cursor(
-    job: BackfillJob, year: int, month: int, page: int, full: bool, oldest: datetime | None
+    job: BackfillJob,
+    plan: Plan | None,
+    year: int,
+    month: int,
+    page: int,
+    full: bool,
+    oldest: datetime | None,
 ) -> str | None:
     """The cursor after this page (`paging.next_cursor`), with what it needs looked up."""
     if year and full and page >= paging.ZKB_MAX_PAGE:
@@ -143,24 +168,37 @@ def _next_cursor(
     # Only a step back to the month before needs the walk's first month (and with it, maybe,
     # the birthday): a page that goes on within its month costs no query.
     steps_back = year and not (full and page < paging.ZKB_MAX_PAGE)
-    start = _history_start(job) if steps_back else paging.HISTORY_START
+    start = (
+        planning.target_start(job.target_type, job.target_id, job.from_date)
+        if steps_back
+        else paging.HISTORY_START
+    )
     return paging.next_cursor(
-        year, month, page, full=full, oldest=oldest, start=start, now=timezone.now()
+        year,
+        month,
+        page,
+        full=full,
+        oldest=oldest,
+        start=start,
+        now=timezone.now(),
+        months=plan.listed_months if plan else None,
     )
 
 
-def _history_start(job: BackfillJob) -> date:
-    """The first month the month walk must cover: from_date's, else the character's birthday."""
-    birthday = None
-    if not job.from_date and job.target_type == BackfillJob.TargetType.CHARACTER:
-        birthday = (
-            Character.objects.filter(id=job.target_id).values_list("birthday", flat=True).first()
-        )
-    return paging.history_start(job.from_date, birthday.date() if birthday else None)
 
 
-def _store_page(job: BackfillJob, items: list[PageItem], source: str) -> dict[str, int]:
-    """Store a page's killmails (inside the page's transaction); return counter increments."""
+def _store_page(
+    job: BackfillJob,
+    items: list[PageItem],
+    months: list[int | None],
+    dump_months: set[int],
+    source: str,
+) -> dict[str, int]:
+    """Store a page's killmails (inside the page's transaction); return counter increments.
+
+    `months`: each item's month (YYYYMM), when known. Bodies missing from the page wait for
+    ESI, or for the raw day dumps when their month is one of the plan's `dump_months`.
+    """
     ids = [item.killmail_id for item in items]
     query = Killmail.objects.filter(killmail_id__in=ids)
     stored = dict(query.values_list("killmail_id", "killmail_hash"))  # id: hash, "" if no zkb
@@ -172,8 +210,8 @@ def _store_page(job: BackfillJob, items: list[PageItem], source: str) -> dict[st
         update_zkb({item.killmail_id: item.zkb for item in items if item.killmail_id in refresh})
     fresh = [item for item in items if item.killmail_id not in stored]
     with_body = [item for item in fresh if item.body is not None]
-    older = _older_than_from_date(job, [(item.killmail_id, item.body) for item in with_body])
-    with_body = [item for item in with_body if item.killmail_id not in older]
+    older, newer = _outside_dates(job, [(item.killmail_id, item.body) for item in with_body])
+    with_body = [item for item in with_body if item.killmail_id not in older | newer]
     result = ingest_killmails([item.record for item in with_body], source=source, job_id=job.pk)
     # Without a body and without a hash ESI would take, nothing can fetch it: a failure.
     unfetchable = [item for item in fresh if item.body is None and not item.killmail_hash]
@@ -185,6 +223,7 @@ def _store_page(job: BackfillJob, items: list[PageItem], source: str) -> dict[st
         },
         {item.killmail_id: item for item in unfetchable},
     )
+    month_of = {item.killmail_id: month for item, month in zip(items, months, strict=True)}
     PendingKillmail.objects.bulk_create(
         [
             PendingKillmail(
@@ -192,6 +231,8 @@ def _store_page(job: BackfillJob, items: list[PageItem], source: str) -> dict[st
                 killmail_id=item.killmail_id,
                 killmail_hash=item.killmail_hash,
                 zkb=item.zkb,
+                month=month_of[item.killmail_id],
+                from_dump=month_of[item.killmail_id] in dump_months,
             )
             for item in fresh
             if item.body is None and item.killmail_hash
@@ -205,20 +246,26 @@ def _store_page(job: BackfillJob, items: list[PageItem], source: str) -> dict[st
         "failed": len(unfetchable),
         "rejected": len(result.rejected),
         "skipped_older": len(older),
+        "skipped_newer": len(newer),
     }
 
 
-def _older_than_from_date(job: BackfillJob, bodies: list[tuple[int, Any]]) -> set[int]:
-    """Ids of the bodies older than the job's from_date: listed, but not stored."""
-    if not job.from_date:
-        return set()
-    start = datetime.combine(job.from_date, datetime.min.time(), tzinfo=UTC)
-    older = set()
+def _outside_dates(job: BackfillJob, bodies: list[tuple[int, Any]]) -> tuple[set[int], set[int]]:
+    """Ids of the bodies before the job's from_date and after its to_date: listed, not stored."""
+    if not job.from_date and not job.to_date:
+        return set(), set()
+    start = job.from_date and datetime.combine(job.from_date, datetime.min.time(), tzinfo=UTC)
+    end = job.to_date and datetime.combine(
+        job.to_date + timedelta(days=1), datetime.min.time(), tzinfo=UTC
+    )
+    older, newer = set(), set()
     for killmail_id, body in bodies:
         time = _body_time(body)
-        if time is not None and time < start:
+        if time is not None and start and time < start:
             older.add(killmail_id)
-    return older
+        elif time is not None and end and time >= end:
+            newer.add(killmail_id)
+    return older, newer
 
 
 def _record_failures(job: BackfillJob, reasons: dict[int, str], sources: dict[int, Any]) -> None:
@@ -287,13 +334,13 @@ def fetch_bodies(job_id: int, killmail_ids: list[int], esi: EsiClient) -> Bodies
     return BodiesOutcome(come_back_in=max(1.0, soonest))
 
 
-def pending_among(job_id: int, killmail_ids: list[int]) -> list[int]:
-    """Those of `killmail_ids` whose bodies the job still waits for, newest first."""
-    return list(
-        PendingKillmail.objects.filter(job_id=job_id, killmail_id__in=killmail_ids)
-        .order_by("-killmail_id")
-        .values_list("killmail_id", flat=True)
-    )
+def pending_among(job_id: int, killmail_ids: list[int] | None) -> list[int]:
+    """Those of `killmail_ids` (None: all) whose bodies the job waits for from ESI, newest
+    first (not those waiting for a day dump)."""
+    pending = PendingKillmail.objects.filter(job_id=job_id, from_dump=False)
+    if killmail_ids is not None:
+        pending = pending.filter(killmail_id__in=killmail_ids)
+    return list(pending.order_by("-killmail_id").values_list("killmail_id", flat=True))
 
 
 def _store_bodies(
@@ -314,11 +361,11 @@ def _store_bodies(
         if _answered_for(body) != p.killmail_id
     ]
     answered = [(p, body) for p, body in fetched if _answered_for(body) == p.killmail_id]
-    older = _older_than_from_date(job, [(p.killmail_id, body) for p, body in answered])
+    older, newer = _outside_dates(job, [(p.killmail_id, body) for p, body in answered])
     records = [
         {**body, "zkb": p.zkb} if p.zkb else body
         for p, body in answered
-        if p.killmail_id not in older
+        if p.killmail_id not in older | newer
     ]
     source = f"backfill #{job.pk}, ESI"
     with transaction.atomic():
@@ -337,16 +384,17 @@ def _store_bodies(
             failed=len(missing),
             rejected=len(result.rejected) + len(wrong),
             skipped_older=len(older),
+            skipped_newer=len(newer),
         )
 
 
 def pending_chunks(job_id: int) -> list[list[int]]:
-    """The job's pending body ids in chunks of BODY_CHUNK, newest first."""
-    ids = list(
-        PendingKillmail.objects.filter(job_id=job_id)
-        .order_by("-killmail_id")
-        .values_list("killmail_id", flat=True)
-    )
+    """The job's body ids pending at ESI in chunks of BODY_CHUNK, newest first."""
+    return chunked(pending_among(job_id, None))
+
+
+def chunked(ids: list[int]) -> list[list[int]]:
+    """Body ids in chunks of BODY_CHUNK, one ESI task each."""
     return [ids[start : start + BODY_CHUNK] for start in range(0, len(ids), BODY_CHUNK)]
 
 

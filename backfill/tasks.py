@@ -1,4 +1,6 @@
-"""Backfill tasks: a chain of page tasks per job, and body tasks fanned out from each page.
+"""Backfill tasks: a plan task per job, then a chain of page tasks, body tasks fanned out
+from each page, and day tasks for the day dumps (a history job's days, a scoped job's dense
+months).
 
 Tasks are thin: they take ids, call a service, and queue the next step after the commit.
 Every task is idempotent (leases and claims in the database decide who does what), so they
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import random
+from datetime import date
 from functools import partial
 from typing import Any
 
@@ -17,7 +20,7 @@ from celery import Task, shared_task
 from django.conf import settings
 from django.db import transaction
 
-from backfill import lifecycle, services
+from backfill import days, lifecycle, planning, services
 from backfill.models import BackfillJob
 from config import retries
 from config.retries import RetryingTask
@@ -83,12 +86,55 @@ def _fetch_page(job_id: int, cursor: str, claimed: bool) -> None:
     outcome = services.process_page(
         job_id, cursor, clients.zkillboard_client(ratelimit), clients.esi_client(ratelimit)
     )
-    for start in range(0, len(outcome.pending_ids), services.BODY_CHUNK):
-        enqueue(fetch_bodies, job_id, outcome.pending_ids[start : start + services.BODY_CHUNK])
+    for chunk in services.chunked(outcome.pending_ids):
+        enqueue(fetch_bodies, job_id, chunk)
+    for day in outcome.days:
+        enqueue(fetch_day, job_id, day.isoformat())
     if outcome.next_cursor:
         enqueue(fetch_page, job_id, outcome.next_cursor)
     else:
         lifecycle.finish_if_done(job_id)
+
+
+@shared_task(**TASK_OPTIONS)
+def plan_job(self: RetryingTask, job_id: int, failures: int = 0) -> None:
+    """Make the job's plan (one zKillboard or R2Z2 request), then queue its first steps."""
+    try:
+        planning.plan_job(
+            job_id, clients.zkillboard_client(ratelimit), clients.r2z2_client(ratelimit)
+        )
+        queue_job_steps(job_id)
+    except retries.ERRORS as exc:
+        retries.handle(
+            self,
+            exc,
+            before_retry=partial(_before_retry, job_id, exc),
+            record=partial(lifecycle.fail_job, job_id),
+        )
+
+
+@shared_task(**TASK_OPTIONS)
+def fetch_day(self: RetryingTask, job_id: int, day: str, failures: int = 0) -> None:
+    """Do one UTC day of the job from R2Z2's day dumps; queue what it leaves to ESI."""
+    the_day = date.fromisoformat(day)
+    claimed = False
+    try:
+        claimed = days.claim_day(job_id, the_day)
+        if not claimed:
+            return  # done, or another worker has it (its claim runs out if it died)
+        outcome = days.process_day(job_id, the_day, clients.r2z2_client(ratelimit))
+        for chunk in services.chunked(outcome.pending_ids):
+            enqueue(fetch_bodies, job_id, chunk)
+        transaction.on_commit(lambda: lifecycle.finish_if_done(job_id))
+    except retries.ERRORS as exc:
+        if claimed:
+            days.release_day(job_id, the_day)
+        retries.handle(
+            self,
+            exc,
+            before_retry=partial(_before_retry, job_id, exc),
+            record=partial(lifecycle.fail_job, job_id),
+        )
 
 
 @shared_task(**TASK_OPTIONS)
@@ -147,10 +193,19 @@ def resume_stalled_jobs(self: RetryingTask) -> int:
 
 
 def queue_job_steps(job_id: int) -> None:
-    """Queue what a job needs next: its page at the cursor and its pending bodies."""
+    """Queue what a job needs next: its plan, its page at the cursor, its days and its
+    pending bodies."""
     job = BackfillJob.objects.get(pk=job_id)
+    if job.needs_plan:
+        enqueue(plan_job, job.pk)
+        return
     if not job.paging_done:
         enqueue(fetch_page, job.pk, job.cursor)
+    undone = days.undone_days(job.pk)
+    for day in undone:
+        enqueue(fetch_day, job.pk, day.isoformat())
+    if job.paging_done and not undone:
+        days.release_held(job.pk)  # a crash between the last day and the release
     for chunk in services.pending_chunks(job.pk):
         enqueue(fetch_bodies, job.pk, chunk)
     if job.paging_done:

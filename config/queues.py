@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterable
 
-BACKFILL_QUEUES = ("zkillboard_backfill", "esi_killmail")
+BACKFILL_QUEUES = ("zkillboard_backfill", "esi_killmail", "r2z2_history")
 ENRICHMENT_QUEUES = (
     "esi_character_info_queue",
     "esi_corporation_info_queue",

@@ -7,7 +7,7 @@ on PostgreSQL and RabbitMQ.
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import date, timedelta
 from pathlib import Path
 
 import environ
@@ -123,6 +123,12 @@ ZKILLBOARD_API_URL = env.str("ZKILLBOARD_API_URL", default="https://zkillboard.c
 ESI_URL = env.str("ESI_URL", default="https://esi.evetech.net/")
 # Requests per second to zKillboard from the whole deployment (zKillboard asks for about 1).
 ZKILLBOARD_REQUESTS_PER_SECOND = env.float("ZKILLBOARD_REQUESTS_PER_SECOND", default=1.0)
+# zKillboard's static host: the day dumps (history/) and the live feed (ephemeral/).
+R2Z2_URL = env.str("R2Z2_URL", default="https://r2z2.zkillboard.com/")
+# Requests per second to R2Z2 from the whole deployment (R2Z2 allows 15 per IP).
+R2Z2_REQUESTS_PER_SECOND = env.float("R2Z2_REQUESTS_PER_SECOND", default=10.0)
+# The first UTC day R2Z2 publishes a raw dump for (history/raw/: full ESI killmails).
+R2Z2_RAW_SINCE = date.fromisoformat(env.str("R2Z2_RAW_SINCE", default="2026-07-01"))
 # Contact details put in the User-Agent of every upstream request, as both upstreams require.
 EVE_CONTACT = env.str("EVE_CONTACT", default="admin@example.com")
 FLOWER_URL = env.str("FLOWER_URL", default="")
@@ -153,6 +159,8 @@ CELERY_TASK_DEFAULT_QUEUE = "zkillboard_backfill"
 CELERY_TASK_ROUTES = {
     "backfill.tasks.fetch_page": {"queue": "zkillboard_backfill"},
     "backfill.tasks.fetch_bodies": {"queue": "esi_killmail"},
+    "backfill.tasks.plan_job": {"queue": "zkillboard_backfill"},
+    "backfill.tasks.fetch_day": {"queue": "r2z2_history"},
     "enrichment.tasks.resolve_names": {"queue": "esi_character_info_queue"},
     "enrichment.tasks.refresh_stale": {"queue": "esi_character_info_queue"},
     "backfill.tasks.resume_stalled_jobs": {"queue": "zkillboard_backfill"},
