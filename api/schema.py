@@ -1,9 +1,11 @@
 """The GraphQL schema: start backfills, follow jobs, read killmails with resolved names.
 
-The mutation keeps the shape of the original system:
+`startKillmailBackfill` keeps the shape of the original system:
 `startKillmailBackfill(input: {characterId, options: {fromDate, maxPages, limit,
-skipExisting}}) { success message queuedAt job { id status } }`. Invalid options answer
-`success: false` with the same one-line message as the CLI, and queue nothing.
+skipExisting}}) { success message queuedAt job { id status } }`. `startBackfill(input:
+{targetType, targetId, options})` starts a backfill of any target zKillboard lists, with the
+same options (and `toDate`) and the same payload. Invalid input answers `success: false`
+with the same one-line message as the CLI, and queues nothing.
 
 Limits: operation depth, tokens and aliases per document, and page sizes, so one request
 cannot ask for the whole database.
@@ -15,6 +17,7 @@ together with the limits that guard them.
 from __future__ import annotations
 
 from datetime import date, datetime
+from enum import Enum
 from typing import Any, NewType
 
 import strawberry
@@ -24,9 +27,10 @@ from strawberry.permission import BasePermission
 from strawberry.schema.config import StrawberryConfig
 from strawberry.types import Info
 
-from backfill import lifecycle, tasks
+from backfill import lifecycle, planning, tasks
 from backfill.models import BackfillJob
 from backfill.paging import ZKB_PAGE_SIZE
+from backfill.planner import Plan
 from killboard.inputs import positive_id
 from killboard.models import Entity, Item, Killmail, Participant
 
@@ -99,13 +103,19 @@ class BackfillJobType:
         "failed or were rejected), failed or cancelled."
     )
     from_date: date | None
+    to_date: date | None
     max_pages: int | None
     limit: int
     skip_existing: bool
+    plan: list[str] = strawberry.field(
+        description="The plan in words, as `backfill --estimate` prints it; empty until planned."
+    )
     pages_fetched: int
+    dumps_fetched: int = strawberry.field(description="R2Z2 day-dump downloads.")
     killmails_listed: int
     already_stored: int
     bodies_from_page: int
+    bodies_from_dump: int
     bodies_from_esi: int
     stored: int
     failed: int = strawberry.field(description="Killmails that never got a body.")
@@ -113,6 +123,7 @@ class BackfillJobType:
         description="Killmails whose body arrived but could not be stored."
     )
     skipped_older: int
+    skipped_newer: int
     pending: int
     summary: str = strawberry.field(description="The one line `backfill_character` prints.")
     progress: float | None = strawberry.field(description="0..1 when the size is known.")
@@ -126,15 +137,18 @@ class BackfillJobType:
     @classmethod
     def from_model(cls, job: BackfillJob) -> BackfillJobType:
         duration, eta = job.duration, job.eta
+        plan = Plan.from_dict(job.plan)
         return cls(
             id=strawberry.ID(str(job.pk)),
             target_type=job.target_type,
             target_id=job.target_id,
             status=job.status,
             from_date=job.from_date,
+            to_date=job.to_date,
             max_pages=job.max_pages,
             limit=job.limit,
             skip_existing=job.skip_existing,
+            plan=plan.lines(planning.rates()) if plan else [],
             **job.counts(),
             summary=job.summary_line(),
             progress=job.progress,
@@ -336,9 +350,19 @@ def _killmail_queryset(info: Info) -> QuerySet:
 # -- the mutation ----------------------------------------------------------------------------
 
 
+# The targets zKillboard lists, as GraphQL names them: CHARACTER, ..., SHIP_TYPE, REGION.
+BackfillTargetType = strawberry.enum(
+    Enum("BackfillTargetType", {t.name: t.value for t in lifecycle.TARGET_TYPES}),
+    description="What a backfill covers: the killmails zKillboard lists for this target.",
+)
+
+
 @strawberry.input
 class BackfillOptionsInput:
     from_date: str | None = strawberry.field(default=None, description="YYYY-MM-DD")
+    to_date: str | None = strawberry.field(
+        default=None, description="YYYY-MM-DD: only killmails on or before this day."
+    )
     max_pages: int | None = None
     limit: int | None = strawberry.field(default=None, description="Killmails a page, 1..200.")
     skip_existing: bool = True
@@ -347,6 +371,13 @@ class BackfillOptionsInput:
 @strawberry.input
 class StartKillmailBackfillInput:
     character_id: int
+    options: BackfillOptionsInput | None = None
+
+
+@strawberry.input
+class StartBackfillInput:
+    target_type: BackfillTargetType
+    target_id: BigInt
     options: BackfillOptionsInput | None = None
 
 
@@ -411,6 +442,33 @@ class Query:
         return KillmailType(_row=row) if row else None
 
 
+def _start_backfill(
+    target_type: str, target_id: int, options: BackfillOptionsInput | None
+) -> StartKillmailBackfillPayload:
+    """Create a backfill job and queue it; bad input answers success false and creates none."""
+    options = options or BackfillOptionsInput()
+    try:
+        job = lifecycle.create_job(
+            target_id,
+            target_type=target_type,
+            from_date=options.from_date,
+            to_date=options.to_date,
+            max_pages=options.max_pages,
+            limit=ZKB_PAGE_SIZE if options.limit is None else options.limit,
+            skip_existing=options.skip_existing,
+        )
+    except lifecycle.InvalidBackfill as exc:
+        return StartKillmailBackfillPayload(success=False, message=str(exc))
+    tasks.start_job(job.pk)
+    job.refresh_from_db()
+    return StartKillmailBackfillPayload(
+        success=True,
+        message=f"Backfill #{job.pk} of {job.target} queued.",
+        queued_at=job.created_at,
+        job=BackfillJobType.from_model(job),
+    )
+
+
 @strawberry.type
 class Mutation:
     @strawberry.mutation(permission_classes=[CanStartBackfill])
@@ -418,25 +476,13 @@ class Mutation:
         self, input: StartKillmailBackfillInput
     ) -> StartKillmailBackfillPayload:
         """Create a backfill job for a character and queue it (the original system's shape)."""
-        options = input.options or BackfillOptionsInput()
-        try:
-            job = lifecycle.create_job(
-                input.character_id,
-                from_date=options.from_date,
-                max_pages=options.max_pages,
-                limit=ZKB_PAGE_SIZE if options.limit is None else options.limit,
-                skip_existing=options.skip_existing,
-            )
-        except lifecycle.InvalidBackfill as exc:
-            return StartKillmailBackfillPayload(success=False, message=str(exc))
-        tasks.start_job(job.pk)
-        job.refresh_from_db()
-        return StartKillmailBackfillPayload(
-            success=True,
-            message=f"Backfill #{job.pk} of character {job.target_id} queued.",
-            queued_at=job.created_at,
-            job=BackfillJobType.from_model(job),
-        )
+        return _start_backfill(BackfillJob.TargetType.CHARACTER, input.character_id, input.options)
+
+    @strawberry.mutation(permission_classes=[CanStartBackfill])
+    def start_backfill(self, input: StartBackfillInput) -> StartKillmailBackfillPayload:
+        """Create a backfill job for a character, corporation, alliance, ship type, solar
+        system or region, and queue it."""
+        return _start_backfill(input.target_type.value, input.target_id, input.options)
 
 
 schema = strawberry.Schema(

@@ -1,16 +1,19 @@
-"""Backfill in the admin: start jobs, watch them, cancel, resume, retry their failures.
+"""Backfill in the admin: start jobs of any target, watch them, cancel, resume, retry their
+failures; the day coverage the day dumps measured.
 
-Options are validated by `backfill.lifecycle.create_job`, so the admin shows the same one-line
-errors as `manage.py backfill_character`. Starting work needs the custom permission
+Options are validated by `backfill.lifecycle.build_job`, so the admin shows the same one-line
+errors as `manage.py backfill`. Starting work needs the custom permission
 `backfill.start_backfill` besides the model permissions.
 
-"Backfill this character" is an action of the Character admin, which killboard declares
-knowing nothing of backfill (killboard depends on no other app): this module brings it as an
-extension of that admin (`killboard.admin.extend_admin`), with the permission it needs.
+"Backfill this character" (and corporation, alliance) is an action of the entity's admin,
+which killboard declares knowing nothing of backfill (killboard depends on no other app):
+this module brings it as an extension of that admin (`killboard.admin.extend_admin`), with
+the permission it needs. The three actions are one implementation (`start_backfills`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -18,43 +21,56 @@ from django import forms
 from django.conf import settings
 from django.contrib import admin
 from django.core.exceptions import ValidationError
-from django.db import transaction
-from django.db.models import OuterRef, QuerySet, Subquery
+from django.db.models import Case, Count, F, OuterRef, Q, QuerySet, Subquery, Sum, Value, When
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
-from backfill import lifecycle, tasks
-from backfill.models import BackfillJob, FailedKillmail
+from backfill import lifecycle, planning, tasks
+from backfill.models import BackfillJob, DayCoverage, FailedKillmail
 from backfill.paging import ZKB_PAGE_SIZE
-from killboard.admin import AdminExtension, extend_admin
+from backfill.planner import Plan
+from killboard.admin import AdminExtension, ReadOnlyAdmin, extend_admin
 from killboard.inputs import is_whole_number
-from killboard.models import Character
+from killboard.models import Alliance, Character, Corporation, Entity, ItemType, SolarSystem
 
 START_PERMISSION = "backfill.start_backfill"
+TargetType = BackfillJob.TargetType
 
-
-class _DryRun(Exception):
-    """Rolls back the job a validation created."""
+# The entity tables that name a job's target (a region has none: its jobs show the id only).
+TARGET_ENTITIES: dict[str, type[Entity]] = {
+    TargetType.CHARACTER: Character,
+    TargetType.CORPORATION: Corporation,
+    TargetType.ALLIANCE: Alliance,
+    TargetType.SHIP_TYPE: ItemType,
+    TargetType.SOLAR_SYSTEM: SolarSystem,
+}
+# Days listed on a job's page (a history job of years has thousands): unfinished days first.
+DAY_ROWS_SHOWN = 100
 
 
 def _whole_number(value: str, default: int | None) -> int | str | None:
-    """A form's text as an int; anything else goes to create_job as is, which rejects it."""
+    """A form's text as an int; anything else goes to build_job as is, which rejects it."""
     text = (value or "").strip()
     if not text:
         return default
     return int(text) if is_whole_number(text) else text
 
 
-class BackfillOptionsForm(forms.Form):
-    """The options of a backfill, as the CLI and the GraphQL mutation take them."""
-
-    from_date = forms.CharField(
+def _date_input(help_text: str) -> forms.CharField:
+    return forms.CharField(
         required=False,
-        help_text="YYYY-MM-DD: only killmails on or after this day. Empty: the whole history.",
+        help_text=help_text,
         widget=forms.TextInput(attrs={"placeholder": "YYYY-MM-DD", "size": 12}),
     )
+
+
+class BackfillOptionsForm(forms.Form):
+    """The options of a backfill, as the CLI and the GraphQL mutations take them."""
+
+    from_date = _date_input("Only killmails on or after this day. Empty: the whole history.")
+    to_date = _date_input("Only killmails on or before this day. Empty: up to now.")
     max_pages = forms.CharField(
         required=False,
         help_text="At most this many pages of `limit` killmails, newest first. Empty: no bound.",
@@ -72,63 +88,79 @@ class BackfillOptionsForm(forms.Form):
     )
 
     def job_options(self) -> dict[str, Any]:
-        """The cleaned options as `create_job` keywords."""
+        """The cleaned options as `create_job` keywords (the target aside)."""
         data = self.cleaned_data
         return {
             "from_date": data.get("from_date") or None,
+            "to_date": data.get("to_date") or None,
             "max_pages": _whole_number(data.get("max_pages", ""), None),
             "limit": _whole_number(data.get("limit", ""), ZKB_PAGE_SIZE),
             "skip_existing": bool(data.get("skip_existing")),
         }
 
-    def validate_for(self, target_id: Any) -> None:
-        """Validate through create_job: the job it creates is rolled back at once."""
+    def validate_for(self, target_type: str, target_id: Any) -> None:
+        """Validate the target and options as `create_job` will, without saving a job."""
         try:
-            with transaction.atomic():
-                lifecycle.create_job(target_id, **self.job_options())
-                raise _DryRun
-        except _DryRun:
-            pass
+            lifecycle.build_job(target_id, target_type=target_type, **self.job_options())
         except lifecycle.InvalidBackfill as exc:
             raise ValidationError(str(exc)) from None
 
 
-class CharacterBackfillForm(BackfillOptionsForm):
-    """The options of "Backfill this character", checked for the selected characters."""
+class TargetBackfillForm(BackfillOptionsForm):
+    """The options of "Backfill this character" (or corporation, alliance), checked for the
+    selected rows."""
 
-    def __init__(self, *args: Any, target_id: int, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, target_type: str, target_id: int, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.target_type = target_type
         self.target_id = target_id
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()
         if not self.errors:
-            self.validate_for(self.target_id)
+            self.validate_for(self.target_type, self.target_id)
         return cleaned
 
 
 class BackfillJobAddForm(BackfillOptionsForm, forms.ModelForm):
-    """The admin's add form: any character id (it need not be stored) and the options."""
+    """The admin's add form: a target of any zKillboard type (it need not be stored), and the
+    options."""
 
-    character_id = forms.CharField(
-        label="Character id", widget=forms.TextInput(attrs={"size": 14, "autofocus": True})
+    target_type = forms.ChoiceField(
+        label="Target type",
+        choices=[(t.value, t.label) for t in lifecycle.TARGET_TYPES],
+        initial=TargetType.CHARACTER,
+    )
+    target_id = forms.CharField(
+        label="Target id",
+        help_text="The character's, corporation's, alliance's, ship type's, system's or "
+        "region's id.",
+        widget=forms.TextInput(attrs={"size": 14, "autofocus": True}),
     )
 
     class Meta:
         model = BackfillJob
         fields: list[str] = []
 
-    field_order = ("character_id", "from_date", "max_pages", "limit", "skip_existing")
+    field_order = (
+        "target_type",
+        "target_id",
+        "from_date",
+        "to_date",
+        "max_pages",
+        "limit",
+        "skip_existing",
+    )
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()
         if not self.errors:
-            self.validate_for(cleaned.get("character_id"))
+            self.validate_for(cleaned["target_type"], cleaned["target_id"])
         return cleaned
 
     def _post_clean(self) -> None:
-        # create_job validated the options and builds the job; the raw text of the fields
-        # must not be copied onto the model instance and validated a second time.
+        # build_job validated the options and create_job builds the job; the raw text of the
+        # fields must not be copied onto the model instance and validated a second time.
         pass
 
 
@@ -162,6 +194,46 @@ def _clock(value: timedelta | None) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
+def _target_names() -> Case:
+    """The name of each job's target from its entity table ("" while unknown or unnamed)."""
+    return Case(
+        *(
+            When(
+                target_type=target_type,
+                then=Subquery(model.objects.filter(id=OuterRef("target_id")).values("name")[:1]),
+            )
+            for target_type, model in TARGET_ENTITIES.items()
+        ),
+        default=Value(""),
+    )
+
+
+# The job's change page: what it is, its plan, its progress by source, its counters.
+JOB_FIELDSETS: list[tuple[str | None, dict[str, Any]]] = [
+    (
+        None,
+        {
+            "fields": (
+                "target",
+                "status",
+                "progress_bar",
+                "counters",
+                "duration",
+                "eta",
+                "flower_tasks",
+                "last_error",
+            )
+        },
+    ),
+    ("Options", {"fields": ("from_date", "to_date", "max_pages", "limit", "skip_existing")}),
+    ("Plan", {"fields": ("plan_lines",)}),
+    ("Progress by source", {"fields": ("sources", "cursor", "paging_done")}),
+    ("Counters", {"fields": BackfillJob.COUNTERS}),
+    ("Times", {"fields": ("created_at", "started_at", "finished_at", "updated_at")}),
+]
+DAY_FIELDS = ("days_done", "day_rows")
+
+
 @admin.register(BackfillJob)
 class BackfillJobAdmin(StartBackfillPermission, admin.ModelAdmin):
     """Jobs with their progress; the add form starts one."""
@@ -182,30 +254,12 @@ class BackfillJobAdmin(StartBackfillPermission, admin.ModelAdmin):
     list_per_page = 50
     actions = ("cancel", "resume", "retry_failed")
     readonly_fields = (
-        "target",
-        "status",
-        "progress_bar",
-        "counters",
-        "duration",
-        "eta",
-        "flower_tasks",
-        "from_date",
-        "max_pages",
-        "limit",
-        "skip_existing",
-        "cursor",
-        "paging_done",
-        *BackfillJob.COUNTERS,
-        "last_error",
-        "created_at",
-        "started_at",
-        "finished_at",
-        "updated_at",
+        *(name for _, options in JOB_FIELDSETS for name in options["fields"]),
+        *DAY_FIELDS,
     )
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
-        names = Character.objects.filter(id=OuterRef("target_id")).values("name")[:1]
-        return super().get_queryset(request).annotate(character_name=Subquery(names))
+        return super().get_queryset(request).annotate(target_name=_target_names())
 
     def get_list_display(self, request: HttpRequest) -> tuple[str, ...]:
         if settings.FLOWER_URL:
@@ -222,7 +276,10 @@ class BackfillJobAdmin(StartBackfillPermission, admin.ModelAdmin):
     def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> list[tuple[Any, dict]]:
         if obj is None:
             return [(None, {"fields": list(BackfillJobAddForm.field_order)})]
-        return [(None, {"fields": list(self.readonly_fields)})]
+        if not obj.days.exists():
+            return JOB_FIELDSETS
+        days = ("Day dumps", {"fields": DAY_FIELDS})
+        return [*JOB_FIELDSETS[:4], days, *JOB_FIELDSETS[4:]]
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
         return self.readonly_fields if obj is not None else ()
@@ -236,7 +293,10 @@ class BackfillJobAdmin(StartBackfillPermission, admin.ModelAdmin):
     def save_form(self, request: HttpRequest, form: forms.ModelForm, change: bool) -> Any:
         if change:
             return super().save_form(request, form, change)
-        return lifecycle.create_job(form.cleaned_data["character_id"], **form.job_options())
+        data = form.cleaned_data
+        return lifecycle.create_job(
+            data["target_id"], target_type=data["target_type"], **form.job_options()
+        )
 
     def save_model(self, request: HttpRequest, obj: BackfillJob, form: Any, change: bool) -> None:
         if change:
@@ -253,9 +313,8 @@ class BackfillJobAdmin(StartBackfillPermission, admin.ModelAdmin):
 
     @admin.display(description="target", ordering="target_id")
     def target(self, obj: BackfillJob) -> str:
-        name = getattr(obj, "character_name", "") or ""
-        label = f"{obj.target_type} {obj.target_id}"
-        return f"{label} ({name})" if name else label
+        name = getattr(obj, "target_name", "") or ""
+        return f"{obj.target} ({name})" if name else obj.target
 
     @admin.display(description="progress")
     def progress_bar(self, obj: BackfillJob) -> str:
@@ -290,6 +349,59 @@ class BackfillJobAdmin(StartBackfillPermission, admin.ModelAdmin):
         links = [(f"{base}/task/{task_id}", task_id[:8]) for task_id in reversed(obj.task_ids)]
         return format_html_join(" ", '<a href="{}" target="_blank" rel="noopener">{}</a>', links)
 
+    # -- the change page ---------------------------------------------------------------------
+
+    @admin.display(description="plan")
+    def plan_lines(self, obj: BackfillJob) -> str:
+        plan = Plan.from_dict(obj.plan)
+        if plan is None:
+            return "Not planned yet." if obj.needs_plan else "None (the job predates plans)."
+        lines = plan.lines(planning.rates())
+        return format_html('<pre class="backfill-plan">{}</pre>', "\n".join(lines))
+
+    @admin.display(description="by source")
+    def sources(self, obj: BackfillJob) -> str:
+        rows = [
+            ("zKillboard", f"{obj.pages_fetched} pages fetched", obj.bodies_from_page),
+            ("R2Z2", f"{obj.dumps_fetched} day dumps fetched", obj.bodies_from_dump),
+            ("ESI", "one call a body", obj.bodies_from_esi),
+        ]
+        return format_html(
+            '<table class="backfill-sources"><thead><tr><th>source</th><th>requests</th>'
+            "<th>bodies</th></tr></thead><tbody>{}</tbody></table>",
+            format_html_join("", "<tr><td>{}</td><td>{}</td><td>{}</td></tr>", rows),
+        )
+
+    @admin.display(description="days")
+    def days_done(self, obj: BackfillJob) -> str:
+        done = Count("pk", filter=Q(done_at__isnull=False))
+        days = obj.days.aggregate(total=Count("pk"), done=done, stored=Sum("stored"))
+        return f"{days['done']} of {days['total']} days done, {days['stored'] or 0} stored"
+
+    @admin.display(description="day by day")
+    def day_rows(self, obj: BackfillJob) -> str:
+        days = list(
+            obj.days.order_by(F("done_at").desc(nulls_first=True), "-day")[: DAY_ROWS_SHOWN + 1]
+        )
+        rows = [
+            (
+                day.day,
+                day.count,
+                day.stored,
+                f"{day.done_at:%Y-%m-%d %H:%M}" if day.done_at else "not yet",
+            )
+            for day in days[:DAY_ROWS_SHOWN]
+        ]
+        more = ""
+        if len(days) > DAY_ROWS_SHOWN:
+            more = f"The first {DAY_ROWS_SHOWN}: unfinished days, then the latest done."
+        return format_html(
+            '<table class="backfill-days"><thead><tr><th>day</th><th>zKillboard\'s count</th>'
+            "<th>stored</th><th>done</th></tr></thead><tbody>{}</tbody></table>{}",
+            format_html_join("", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>", rows),
+            more,
+        )
+
     # -- actions -----------------------------------------------------------------------------
 
     @admin.action(description="Cancel", permissions=["change"])
@@ -316,35 +428,84 @@ class BackfillJobAdmin(StartBackfillPermission, admin.ModelAdmin):
         self.message_user(request, f"Retrying {retried} failed killmails of {len(started)} jobs.")
 
 
-@admin.action(description="Backfill this character", permissions=["start_backfill"])
-def backfill_this_character(
-    model_admin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet
+@admin.register(DayCoverage)
+class DayCoverageAdmin(ReadOnlyAdmin):
+    """The store's coverage of each UTC day, as the day dumps measured it: read-only."""
+
+    list_display = ("day", "zkillboard_count", "stored", "complete", "checked")
+    list_filter = ("complete",)
+    date_hierarchy = "day"
+    list_per_page = 100
+    fields = readonly_fields = list_display
+
+    @admin.display(description="count by zKillboard", ordering="zkb_count")
+    def zkillboard_count(self, obj: DayCoverage) -> int:
+        return obj.zkb_count
+
+    @admin.display(description="stored", ordering="stored_count")
+    def stored(self, obj: DayCoverage) -> int:
+        return obj.stored_count
+
+    @admin.display(description="checked", ordering="checked_at")
+    def checked(self, obj: DayCoverage) -> Any:
+        return obj.checked_at
+
+
+# -- "Backfill this character", corporation, alliance ----------------------------------------
+
+
+def start_backfills(
+    model_admin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet, target_type: str
 ) -> HttpResponse | None:
-    """Ask for the options on an intermediate page, then start one job per character."""
-    characters = list(queryset.order_by("id"))
+    """Ask for the options on an intermediate page, then start one job per selected row."""
+    targets = list(queryset.order_by("id"))
     applying = "apply" in request.POST
-    form = CharacterBackfillForm(request.POST if applying else None, target_id=characters[0].id)
+    form = TargetBackfillForm(
+        request.POST if applying else None, target_type=target_type, target_id=targets[0].id
+    )
     if applying and form.is_valid():
         options = form.job_options()
-        for character in characters:
-            tasks.start_job(lifecycle.create_job(character.id, **options).pk)
-        model_admin.message_user(request, f"Started {len(characters)} backfill jobs.")
+        for target in targets:
+            job = lifecycle.create_job(target.id, target_type=target_type, **options)
+            tasks.start_job(job.pk)
+        model_admin.message_user(request, f"Started {len(targets)} backfill jobs.")
         return HttpResponseRedirect(reverse("admin:backfill_backfilljob_changelist"))
+    opts = model_admin.model._meta
     context = {
         **model_admin.admin_site.each_context(request),
-        "title": "Backfill characters",
-        "opts": model_admin.model._meta,
-        "characters": characters,
+        "title": f"Backfill {opts.verbose_name_plural}",
+        "opts": opts,
+        "targets": targets,
+        "kind": target_type,
+        "action": f"backfill_this_{target_type}",
         "form": form,
         "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
     }
-    return TemplateResponse(request, "admin/backfill/backfill_character.html", context)
+    return TemplateResponse(request, "admin/backfill/backfill_targets.html", context)
 
 
-class CharacterBackfill(StartBackfillPermission, AdminExtension):
-    """What backfill adds to the Character admin: "Backfill this character"."""
+def backfill_action(target_type: BackfillJob.TargetType) -> Callable[..., HttpResponse | None]:
+    """The admin action `backfill_this_<type>` ("Backfill this corporation"), which needs the
+    `start_backfill` permission."""
 
-    actions = (backfill_this_character,)
+    def action(
+        model_admin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet
+    ) -> HttpResponse | None:
+        return start_backfills(model_admin, request, queryset, target_type)
+
+    # Django names an action by its function: the name its forms post.
+    action.__name__ = action.__qualname__ = f"backfill_this_{target_type}"
+    description = f"Backfill this {target_type.label.lower()}"
+    return admin.action(description=description, permissions=["start_backfill"])(action)
 
 
-extend_admin(Character, CharacterBackfill())
+class TargetBackfill(StartBackfillPermission, AdminExtension):
+    """What backfill adds to the admin of an entity it backfills: "Backfill this <type>"."""
+
+    def __init__(self, target_type: BackfillJob.TargetType) -> None:
+        self.actions = (backfill_action(target_type),)
+
+
+extend_admin(Character, TargetBackfill(TargetType.CHARACTER))
+extend_admin(Corporation, TargetBackfill(TargetType.CORPORATION))
+extend_admin(Alliance, TargetBackfill(TargetType.ALLIANCE))

@@ -65,6 +65,10 @@ class JobCommand(BaseCommand):
                 self.stdout.write(f"Queued backfill job #{job.pk} of {job.target}.")
         if in_process or options["wait"]:
             job = self._follow(job.pk)
+        if in_process:
+            # Tasks the job's end left queued in the runner (enrichment, late steps) run out
+            # first: one thread at a time runs tasks in this process.
+            runner.join()
         job.refresh_from_db()
         self.stdout.write(json.dumps(job.summary()) if options["json"] else job.summary_line())
         if in_process:

@@ -2,9 +2,12 @@
 
 A history job's day lists the day's ids (`history/YYYYMMDD.json`), leaves out those stored
 already, takes the bodies from the day's raw dump (`history/raw/YYYYMMDD.json`, streamed,
-never read whole) and hands what it lacks to ESI as pending bodies. A scoped job's day takes
-from the raw dump the bodies its pages lacked (held for the dense months of its plan); when
-its last day is done, what the dumps did not hold goes to ESI.
+never read whole) and hands what it lacks to ESI as pending bodies; its days run in any
+order. A scoped job's day takes from the raw dump the bodies its pages lacked (held for the
+dense months of its plan). Its days are a walk per month, newest first: each dump read tells
+its first and last killmail id, so the next day is the one most likely to hold the newest
+body still wanted (`planner.next_dump_day`), and days that cannot hold any are skipped. What
+no dump holds goes to ESI.
 
 A day is owned through a claim on its row (a conditional UPDATE), like a page's lease; each
 batch of bodies is stored in one transaction with its counters, so a worker killed in the
@@ -31,9 +34,9 @@ from backfill.models import BackfillDay, BackfillJob, DayCoverage, FailedKillmai
 from backfill.planner import Plan
 from killboard.ingest import ingest_killmails
 from killboard.models import Killmail
-from killboard.readers import read_stream
+from killboard.readers import UnreadableFile, read_stream
 from upstream.esi import is_killmail_hash
-from upstream.r2z2 import R2z2Client
+from upstream.r2z2 import R2z2Client, R2z2Unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -43,9 +46,10 @@ DUMP_BATCH = 1000
 
 @dataclass(frozen=True)
 class DayOutcome:
-    """What a day left to ESI: bodies to fetch (newest first)."""
+    """What a day left to do: bodies to fetch from ESI (newest first), the next day."""
 
     pending_ids: list[int]
+    next_day: date | None = None
 
 
 def _days_of(month: int, first: date, last: date) -> list[date]:
@@ -78,13 +82,15 @@ def plan_dump_days(job: BackfillJob, plan: Plan | None) -> tuple[list[date], lis
         if month
         and planner.is_dense(count, planner.raw_days(month, first, last, settings.R2Z2_RAW_SINCE))
     ]
-    days = [day for month in sorted(dense, reverse=True) for day in _days_of(month, first, last)]
+    months = {month: _days_of(month, first, last) for month in dense}
     BackfillDay.objects.bulk_create(
-        [BackfillDay(job=job, day=day) for day in days], ignore_conflicts=True
+        [BackfillDay(job=job, day=day) for days in months.values() for day in days],
+        ignore_conflicts=True,
     )
     released = release_held(job.pk, exclude_months=dense)
-    logger.info("Job %s: %s days of raw dumps, %s bodies to ESI", job.pk, len(days), len(released))
-    return days, released
+    logger.info("Job %s: raw dumps for %s, %s bodies to ESI", job.pk, dense, len(released))
+    # Each month's walk begins at its newest day.
+    return [days[0] for days in months.values() if days], released
 
 
 def release_held(job_id: int, exclude_months: Sequence[int] = ()) -> list[int]:
@@ -111,6 +117,40 @@ def undone_days(job_id: int) -> list[date]:
     )
 
 
+def days_to_queue(job: BackfillJob) -> list[date]:
+    """The days a job (resumed) goes on with: a history job's every day not done, a scoped
+    job's next day of each month's walk."""
+    undone = undone_days(job.pk)
+    if job.target_type == BackfillJob.TargetType.HISTORY:
+        return undone
+    months = sorted({planner.month_of(day) for day in undone}, reverse=True)
+    return [day for month in months if (day := _walk_on(job.pk, month)[0]) is not None]
+
+
+def _walk_on(job_id: int, month: int) -> tuple[date | None, list[int]]:
+    """The next day of a month's walk over raw dumps (None when the walk is over: the
+    month's days left are then done, skipped), and the held bodies no dump can hold, which
+    this gives to ESI."""
+    held = PendingKillmail.objects.filter(job_id=job_id, from_dump=True, month=month)
+    month_days = BackfillDay.objects.filter(
+        job_id=job_id, day__year=month // 100, day__month=month % 100
+    )
+    known = [
+        planner.DumpDay(d.day, d.done_at is not None, d.first_id, d.last_id) for d in month_days
+    ]
+    to_esi = []
+    for wanted in held.order_by("-killmail_id").values_list("killmail_id", flat=True):
+        day = planner.next_dump_day(wanted, known)
+        if day is not None:
+            break
+        to_esi.append(wanted)  # no day of the month can hold it (ids grow with time)
+    else:
+        day = None
+        month_days.filter(done_at=None).update(done_at=timezone.now(), claimed_until=None)
+    held.filter(killmail_id__in=to_esi).update(from_dump=False)
+    return day, to_esi
+
+
 def claim_day(job_id: int, day: date) -> bool:
     """Take the claim on the job's day; False if it is done or another live worker has it."""
     now = timezone.now()
@@ -123,6 +163,18 @@ def claim_day(job_id: int, day: date) -> bool:
             job__status__in=BackfillJob.ACTIVE,
         ).update(claimed_until=now + timedelta(seconds=settings.BACKFILL_LEASE_SECONDS))
     )
+
+
+def claim_left(job_id: int, day: date) -> float | None:
+    """Seconds left on another worker's claim of the day; None if the day is not to do."""
+    row = BackfillDay.objects.filter(
+        job_id=job_id, day=day, done_at=None, job__status__in=BackfillJob.ACTIVE
+    ).first()
+    if row is None:
+        return None
+    if row.claimed_until is None:
+        return 0.0
+    return max(0.0, (row.claimed_until - timezone.now()).total_seconds())
 
 
 def release_day(job_id: int, day: date) -> None:
@@ -141,14 +193,14 @@ def process_day(job_id: int, day: date, r2z2: R2z2Client) -> DayOutcome:
             job=job, from_dump=True, month=planner.month_of(day)
         ).values_list("killmail_id", "zkb")
     )
-    if wanted:  # else the month's bodies were all found in its later days
-        _take_from_raw(job, row, wanted, r2z2, held=True)
+    bounds = _take_from_raw(job, row, wanted, r2z2, held=True) if wanted else None
     with transaction.atomic():
-        # One day at a time decides whether it was the last: the job row is the lock.
+        # One day at a time decides what comes next: the job row is the lock.
         BackfillJob.objects.select_for_update().filter(pk=job_id).first()
-        _mark_done(row)
+        _mark_done(row, bounds)
+        next_day, to_esi = _walk_on(job_id, planner.month_of(day))
         released = [] if undone_days(job_id) else release_held(job_id)
-    return DayOutcome(released)
+    return DayOutcome(sorted({*to_esi, *released}, reverse=True), next_day)
 
 
 def _history_day(job: BackfillJob, row: BackfillDay, r2z2: R2z2Client) -> DayOutcome:
@@ -211,27 +263,42 @@ def _stored_among(hashes: dict[int, Any]) -> set[int]:
 
 def _take_from_raw(
     job: BackfillJob, row: BackfillDay, wanted: dict[int, Any], r2z2: R2z2Client, *, held: bool
-) -> None:
+) -> tuple[int, int] | None:
     """Store the `wanted` bodies (id: zkb) the day's raw dump holds; remove them from it.
 
+    Returns the smallest and largest killmail id of the dump (None: no dump, or empty).
     `held`: the bodies are the job's pending rows waiting for the dumps (a scoped job), and
     are deleted as they are stored.
     """
     source = f"backfill #{job.pk}, R2Z2 raw dump of {row.day}"
+    first = last = None
     with r2z2.raw_day(row.day) as stream:
         job.add_counts(dumps_fetched=1)
         if stream is None:
-            return
+            return None
         batch: list[dict[str, Any]] = []
-        for record in read_stream(stream, source):
-            killmail_id = record.get("killmail_id") if isinstance(record, dict) else None
-            if type(killmail_id) is not int or killmail_id not in wanted:
-                continue
-            batch.append({**record, "zkb": wanted.pop(killmail_id)})
-            if len(batch) >= DUMP_BATCH:
-                _store_dump_batch(job, row, batch, source, held)
-                batch = []
+        try:
+            for record in read_stream(stream, source):
+                killmail_id = record.get("killmail_id") if isinstance(record, dict) else None
+                if type(killmail_id) is not int:
+                    continue
+                first = killmail_id if first is None else min(first, killmail_id)
+                last = killmail_id if last is None else max(last, killmail_id)
+                if killmail_id not in wanted:
+                    continue
+                batch.append({**record, "zkb": wanted.pop(killmail_id)})
+                if len(batch) >= DUMP_BATCH:
+                    _store_dump_batch(job, row, batch, source, held)
+                    batch = []
+        except UnreadableFile as exc:
+            # A download cut short: what was read is stored below; the retry takes the rest.
+            error: Exception | None = R2z2Unavailable(str(exc))
+        else:
+            error = None
         _store_dump_batch(job, row, batch, source, held)
+        if error:
+            raise error
+    return None if first is None or last is None else (first, last)
 
 
 def _store_dump_batch(
@@ -253,8 +320,11 @@ def _store_dump_batch(
         BackfillDay.objects.filter(pk=row.pk).update(stored=F("stored") + result.new)
 
 
-def _mark_done(row: BackfillDay) -> None:
-    BackfillDay.objects.filter(pk=row.pk).update(done_at=timezone.now(), claimed_until=None)
+def _mark_done(row: BackfillDay, bounds: tuple[int, int] | None = None) -> None:
+    first_id, last_id = bounds or (None, None)
+    BackfillDay.objects.filter(pk=row.pk).update(
+        done_at=timezone.now(), claimed_until=None, first_id=first_id, last_id=last_id
+    )
 
 
 def record_coverage(days: list[tuple[date, int]]) -> None:

@@ -318,6 +318,10 @@ class BackfillDay(models.Model):
     done_at = models.DateTimeField(null=True, blank=True)
     # Killmails the day's work stored so far (kept across a crash in the middle of the day).
     stored = models.PositiveIntegerField(default=0)
+    # The smallest and largest killmail id of the day's raw dump, once read: where the walk
+    # over a dense month's days goes next (`backfill.planner.next_dump_day`).
+    first_id = models.BigIntegerField(null=True, blank=True)
+    last_id = models.BigIntegerField(null=True, blank=True)
 
     class Meta:
         ordering = ("-day",)

@@ -22,7 +22,8 @@ rest. A day the store holds completely is skipped unless zKillboard's count of i
 from __future__ import annotations
 
 import calendar
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import date, timedelta
 from typing import Any
@@ -125,8 +126,7 @@ class Plan:
             "for pages without:",
             f"  R2Z2 raw day dumps for the dense months ({dense}): at most "
             f"{self.dump_downloads} downloads, about {_duration(took['R2Z2'])}",
-            f"  ESI for the rest: at most {self.esi_calls:,} calls, "
-            f"about {_duration(took['ESI'])}",
+            f"  ESI for the rest: at most {self.esi_calls:,} calls, about {_duration(took['ESI'])}",
             f"total: at most about {total} at the configured rates",
         ]
 
@@ -252,3 +252,49 @@ def plan_history(
         days_skipped=len(days) - len(todo),
         days_with_raw=len(with_raw),
     )
+
+
+@dataclass(frozen=True)
+class DumpDay:
+    """A day of a dense month, as the walk over its raw dumps knows it so far."""
+
+    day: date
+    done: bool
+    # The smallest and largest killmail id of its raw dump, once read (None: not read yet,
+    # or R2Z2 had no dump of it).
+    first_id: int | None = None
+    last_id: int | None = None
+
+
+def next_dump_day(wanted: int, days: Sequence[DumpDay]) -> date | None:
+    """The day not done yet whose raw dump most likely holds killmail `wanted`, or None
+    when no such day can hold it.
+
+    Killmail ids grow with time, so the dumps read so far bracket `wanted` between the
+    newest day read before it and the oldest read after it. Within the bracket, the guess
+    goes back from the day after it at the ids per day of the days read; a wrong guess only
+    narrows the bracket for the next one. The first day of a walk is the month's newest.
+    """
+    read = [
+        (d.day, d.first_id, d.last_id)
+        for d in days
+        if d.first_id is not None and d.last_id is not None
+    ]
+    if any(first <= wanted <= last for _, first, last in read):
+        return None  # within a day that did not hold it: no dump has it
+    after = min(((day, first, last) for day, first, last in read if first > wanted), default=None)
+    low = max((day for day, _, last in read if last < wanted), default=None)
+    candidates = [
+        d.day
+        for d in days
+        if not d.done and (after is None or d.day < after[0]) and (low is None or d.day > low)
+    ]
+    if not candidates:
+        return None
+    if after is None:
+        return max(candidates)
+    high, first, _ = after
+    (oldest, lowest, _), (newest, _, highest) = min(read), max(read)
+    per_day = (highest - lowest + 1) / ((newest - oldest).days + 1)
+    guess = high - timedelta(days=math.ceil((first - wanted) / per_day))
+    return min(candidates, key=lambda day: (abs((day - guess).days), day))

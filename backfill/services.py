@@ -185,8 +185,6 @@ def _next_cursor(
     )
 
 
-
-
 def _store_page(
     job: BackfillJob,
     items: list[PageItem],

@@ -100,9 +100,10 @@ def _fetch_page(job_id: int, cursor: str, claimed: bool) -> None:
 def plan_job(self: RetryingTask, job_id: int, failures: int = 0) -> None:
     """Make the job's plan (one zKillboard or R2Z2 request), then queue its first steps."""
     try:
-        planning.plan_job(
+        job = planning.plan_job(
             job_id, clients.zkillboard_client(ratelimit), clients.r2z2_client(ratelimit)
         )
+        lifecycle.mark_started(job)
         queue_job_steps(job_id)
     except retries.ERRORS as exc:
         retries.handle(
@@ -121,10 +122,16 @@ def fetch_day(self: RetryingTask, job_id: int, day: str, failures: int = 0) -> N
     try:
         claimed = days.claim_day(job_id, the_day)
         if not claimed:
-            return  # done, or another worker has it (its claim runs out if it died)
+            claim_left = days.claim_left(job_id, the_day)
+            if claim_left is not None:
+                # Another worker has the day; if it died, its claim runs out and we take over.
+                raise retries.Busy(claim_left + random.uniform(1, 5), "day claimed")
+            return
         outcome = days.process_day(job_id, the_day, clients.r2z2_client(ratelimit))
         for chunk in services.chunked(outcome.pending_ids):
             enqueue(fetch_bodies, job_id, chunk)
+        if outcome.next_day:
+            enqueue(fetch_day, job_id, outcome.next_day.isoformat())
         transaction.on_commit(lambda: lifecycle.finish_if_done(job_id))
     except retries.ERRORS as exc:
         if claimed:
@@ -196,15 +203,16 @@ def queue_job_steps(job_id: int) -> None:
     """Queue what a job needs next: its plan, its page at the cursor, its days and its
     pending bodies."""
     job = BackfillJob.objects.get(pk=job_id)
+    if not job.is_active:
+        return  # cancelled or ended meanwhile: nothing more to do
     if job.needs_plan:
         enqueue(plan_job, job.pk)
         return
     if not job.paging_done:
         enqueue(fetch_page, job.pk, job.cursor)
-    undone = days.undone_days(job.pk)
-    for day in undone:
+    for day in days.days_to_queue(job):
         enqueue(fetch_day, job.pk, day.isoformat())
-    if job.paging_done and not undone:
+    if job.paging_done and not days.undone_days(job.pk):
         days.release_held(job.pk)  # a crash between the last day and the release
     for chunk in services.pending_chunks(job.pk):
         enqueue(fetch_bodies, job.pk, chunk)

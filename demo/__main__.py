@@ -1,10 +1,14 @@
-"""`make demo`: a whole backfill, offline, on the embedded default (SQLite, no broker).
+"""`make demo`: whole backfills, offline, on the embedded default (SQLite, no broker).
 
-Starts the project's fake zKillboard and ESI on loopback, backfills a character with a few
-thousand killmails through `manage.py backfill_character` (zKillboard at the real 1 request a
-second; half the bodies come from ESI, whose killmail bucket the fake scales up so the demo
-takes about a minute), resolves every name, exports the killmails and checks the export
-against what the upstream served, then prints what the fake counted.
+Starts the project's fake zKillboard, ESI and R2Z2 on loopback, then
+- backfills a character with a few thousand killmails through `manage.py backfill_character`
+  (zKillboard at the real 1 request a second; half the bodies come from ESI, whose killmail
+  bucket the fake scales up so the demo takes about a minute) and resolves every name;
+- prints the plan of a corporation's backfill (`backfill corporation ID --estimate`), runs it;
+- prints the plan of a two-day `backfill_history`, runs it: one day's bodies from its raw
+  dump, the other's (a day R2Z2 has no raw dump of) from ESI;
+exports each and checks the exports against what the upstream served, then prints what the
+fake counted.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 CHARACTER = 2117325769
 KILLMAILS = 3000
+CORPORATION = 98_500_001
+HISTORY_DAYS = ("2026-10-30", "2026-10-31")
 # The fake's ESI killmail bucket, 20 times the real 3600 tokens per 15 minutes.
 ESI_BUCKET = (72_000, 900.0)
 
@@ -25,6 +31,8 @@ ESI_BUCKET = (72_000, 900.0)
 def main() -> None:
     """Run the demo in a fresh var/demo.sqlite3."""
     sys.path.insert(0, str(ROOT))
+    from datetime import date
+
     from fakeupstream.server import FakeUpstream
     from fakeupstream.world import World
 
@@ -41,6 +49,15 @@ def main() -> None:
     }
     unresolvable = sorted(others)[:2]
     world.add_unresolvable(unresolvable)
+    # A corporation of two pilots, and a day R2Z2 has no raw dump of.
+    corporation_ids = world.add_character(
+        CHARACTER + 1, 300, corporation_id=CORPORATION, alliance_id=None
+    ) + world.add_character(CHARACTER + 2, 150, corporation_id=CORPORATION, alliance_id=None)
+    first_day, last_day = map(date.fromisoformat, HISTORY_DAYS)
+    # The rest of the game on those two days, and one of them without a raw dump on R2Z2.
+    world.add_character(CHARACTER + 3, 400, newest=datetime(2026, 10, 31, 23, tzinfo=UTC), days=2)
+    world.days_without_raw.add(first_day)
+    day_ids = world.killmail_ids_on(first_day) + world.killmail_ids_on(last_day)
 
     with FakeUpstream(
         world, zkb_rate=1.0, esi_killmail_bucket=ESI_BUCKET, item_shape="mixed"
@@ -56,6 +73,7 @@ def main() -> None:
             CELERY_BROKER_URL="",
             ZKILLBOARD_API_URL=up.zkb_url,
             ESI_URL=up.esi_url,
+            R2Z2_URL=up.r2z2_url,
             ZKILLBOARD_REQUESTS_PER_SECOND="1",
             EVE_CONTACT="demo@example.com",
         )
@@ -64,23 +82,54 @@ def main() -> None:
         django.setup()
         from django.core.management import call_command
 
-        print(f"Fake zKillboard and ESI at {up.url}; character {CHARACTER} has {KILLMAILS}")
+        print(f"Fake zKillboard, ESI and R2Z2 at {up.url}; character {CHARACTER} has {KILLMAILS}")
         print("killmails, bodies on the page since 2026-06-27 and from ESI before.")
         call_command("migrate", verbosity=0)
         call_command("backfill_character", str(CHARACTER))
-        export = var / "demo-export.jsonl"
-        call_command("export_killmails", "--character", str(CHARACTER), "--output", str(export))
-        exported = {r["killmail_id"]: r for r in map(json.loads, export.read_text().splitlines())}
-        same = sum(exported.get(i) == {**world.body(i), "zkb": world.zkb(i)} for i in ids)
-        print(f"Export identical to what the upstream served: {same}/{len(ids)} killmails.")
+
+        def hash_only(killmail_id: int) -> dict[str, str]:
+            """The zkb of a killmail stored from a day dump: its hash, nothing more."""
+            return {"hash": world.killmail_hash(killmail_id)}
+
+        def exported_as_served(name: str, wanted: list[int], *scope: str, zkb: bool) -> bool:
+            """Export the scope, compare with what the upstream served, say how it went."""
+            export = var / f"demo-{name}.jsonl"
+            call_command("export_killmails", *scope, "--output", str(export))
+            records = {r["killmail_id"]: r for r in map(json.loads, export.read_text().split())}
+            served = {
+                i: {**world.body(i), "zkb": world.zkb(i) if zkb else hash_only(i)} for i in wanted
+            }
+            same = sum(records.get(i) == record for i, record in served.items())
+            print(f"Export identical to what the upstream served: {same}/{len(wanted)} killmails.")
+            return same == len(wanted)
+
+        ok = exported_as_served("character", ids, "--character", str(CHARACTER), zkb=True)
         print(f"Unresolvable on purpose: {', '.join(map(str, unresolvable))}.")
+
+        print(f"\nCorporation {CORPORATION}: two pilots, {len(corporation_ids)} killmails.")
+        call_command("backfill", "corporation", str(CORPORATION), "--estimate")
+        call_command("backfill", "corporation", str(CORPORATION))
+        ok &= exported_as_served(
+            "corporation", corporation_ids, "--corporation", str(CORPORATION), zkb=True
+        )
+
+        print(f"\nEvery killmail of {first_day} and {last_day} from R2Z2's day dumps:")
+        days = ("--from-date", HISTORY_DAYS[0], "--to-date", HISTORY_DAYS[1])
+        call_command("backfill_history", *days, "--estimate")
+        call_command("backfill_history", *days)
+        # Killmails stored by the backfills above are skipped; the export shows the zkb of
+        # their pages, the others the day dumps' hash only.
+        fresh = sorted(set(day_ids) - set(ids) - set(corporation_ids))
+        ok &= exported_as_served("history", fresh, *days, zkb=False)
+
         stats = up.stats()
         print(
-            f"Upstream saw {stats['zkb_pages']} zKillboard pages, {stats['esi_killmails']} ESI "
-            f"killmails, {stats['esi_names']} names calls; rule violations: "
-            f"{stats['violation_count']}."
+            f"\nUpstream saw {stats['zkb_pages']} zKillboard pages, {stats['zkb_stats']} "
+            f"statistics, {stats['r2z2_days'] + stats['r2z2_raw'] + stats['r2z2_totals']} R2Z2 "
+            f"downloads, {stats['esi_killmails']} ESI killmails, {stats['esi_names']} names "
+            f"calls; rule violations: {stats['violation_count']}."
         )
-        if same != len(ids) or stats["violation_count"]:
+        if not ok or stats["violation_count"]:
             sys.exit(1)
 
 

@@ -1,4 +1,4 @@
-"""Fake zKillboard and ESI upstreams for tests, the demo and benchmarks.
+"""Fake zKillboard, ESI and R2Z2 upstreams for tests, the demo and benchmarks.
 
 A development package of its own: standard library only, it imports nothing of the project and
 nothing of ``tests/``, and carries the real samples it reads in ``data/``. ``python -m

@@ -4,8 +4,9 @@ Example::
 
     python -m fakeupstream --port 8765 --character 2117325769:3000 --item-shape mixed
 
-On start it prints one JSON line with its URLs ({"url", "zkb_url", "esi_url"}) and flushes,
-so a parent process can read where to point its clients; it runs until SIGTERM or Ctrl-C.
+On start it prints one JSON line with its URLs ({"url", "zkb_url", "esi_url", "r2z2_url"})
+and flushes, so a parent process can read where to point its clients; it runs until SIGTERM or
+Ctrl-C.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ import json
 import signal
 import sys
 import threading
+from datetime import date
 from types import FrameType
 
-from .server import FakeUpstream
+from .server import DEFAULT_RAW_SINCE, FakeUpstream
 from .world import World
 
 
@@ -56,6 +58,14 @@ def parse_ids(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected ID,ID,..., got {text!r}") from None
 
 
+def parse_date(text: str) -> str:
+    """Check "YYYY-MM-DD" and return it as given."""
+    try:
+        return date.fromisoformat(text).isoformat()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected YYYY-MM-DD, got {text!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the command-line parser."""
     parser = argparse.ArgumentParser(
@@ -73,6 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--shared", type=parse_shared, action="append", default=[], metavar="ID,ID:N"
     )
     parser.add_argument("--zkb-rate", type=float, default=1.0, help="requests per second")
+    parser.add_argument("--r2z2-rate", type=float, default=15.0, help="requests per second")
+    parser.add_argument(
+        "--raw-since",
+        type=parse_date,
+        default=DEFAULT_RAW_SINCE,
+        metavar="YYYY-MM-DD",
+        help="the first UTC day with an R2Z2 raw dump",
+    )
     parser.add_argument("--item-shape", choices=("full", "zkbonly", "mixed"), default="full")
     parser.add_argument("--latency-zkb", type=float, default=0.0, help="seconds")
     parser.add_argument("--latency-esi", type=float, default=0.0, help="seconds")
@@ -98,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     upstream = FakeUpstream(
         world,
         zkb_rate=args.zkb_rate,
+        r2z2_rate=args.r2z2_rate,
         esi_killmail_bucket=args.esi_killmail_bucket,
         item_shape=args.item_shape,
         latency_zkb=args.latency_zkb,
@@ -105,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         host=args.host,
         port=args.port,
     )
-    upstream.configure(**args.config)
+    upstream.configure(**{"raw_since": args.raw_since, **args.config})
     stopping = threading.Event()
 
     def stop(signum: int, frame: FrameType | None) -> None:
@@ -114,7 +133,12 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     with upstream:
-        urls = {"url": upstream.url, "zkb_url": upstream.zkb_url, "esi_url": upstream.esi_url}
+        urls = {
+            "url": upstream.url,
+            "zkb_url": upstream.zkb_url,
+            "esi_url": upstream.esi_url,
+            "r2z2_url": upstream.r2z2_url,
+        }
         print(json.dumps(urls), flush=True)
         while not stopping.wait(0.5):
             pass

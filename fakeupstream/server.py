@@ -1,21 +1,28 @@
-"""The fake zKillboard API and ESI, served over real HTTP on loopback.
+"""The fake zKillboard API, ESI and R2Z2 day dumps, served over real HTTP on loopback.
 
 ``FakeUpstream`` answers like the real services do (see the upstream facts in the design) and
 counts every rule a client breaks as a *violation*, so tests can assert that a client is a
 good citizen: zero violations. It also injects faults on demand (5xx, held answers, truncated
 JSON, HTML error pages, 429 bursts, 420 storms), reproducibly from a seed.
 
+zKillboard (under /zkb/api/) serves pages and statistics (``stats/{type}ID/{id}/``: totals of
+destroyed and lost, by month; for a solar system or region every killmail there counts as
+destroyed and nothing as lost). R2Z2 (under /r2z2/) serves ``history/totals.json``,
+``history/YYYYMMDD.json`` and ``history/raw/YYYYMMDD.json`` for the UTC days before today; a
+raw day is streamed in chunks, gzipped when the client accepts it.
+
 Standard library only, no Django: it runs in a thread of a pytest process or as its own
 process (``python -m fakeupstream``). Other processes read its statistics and change its
 configuration through ``GET /_fake/stats`` and ``POST /_fake/config``.
 
-Why one long module: zKillboard's and ESI's emulations share the rule counters, the fault
-draws and the lock that make the violation count exact; they are kept side by side.
+Why one long module: the emulations share the rule counters, the fault draws and the lock
+that make the violation count exact; they are kept side by side.
 """
 
 from __future__ import annotations
 
 import email.utils
+import functools
 import gzip
 import hashlib
 import json
@@ -24,10 +31,11 @@ import random
 import sys
 import threading
 import time
+import zlib
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, fields
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
@@ -37,7 +45,9 @@ from .world import SAMPLES_DIR, World, killmail_id_at, killmail_time
 
 ZKB_PREFIX = "/zkb/api"
 ZKB_BLOCKED_PATH = "/zkb/api/blocked.json"
+ZKB_STATS_PREFIX = "/zkb/api/stats/"
 ESI_PREFIX = "/esi/"
+R2Z2_PREFIX = "/r2z2/"
 CONTROL_PREFIX = "/_fake/"
 
 ZKB_PAGE_SIZE = 200
@@ -54,7 +64,12 @@ ZKB_ID_FILTERS = {
     "characterID": "character_ids",
     "corporationID": "corporation_ids",
     "allianceID": "alliance_ids",
+    "shipTypeID": "ship_type_ids",
+    "solarSystemID": "solar_system_ids",
+    "regionID": "region_ids",
 }
+# Statistics of these count every killmail as destroyed (there is no side to a place).
+ZKB_PLACE_FILTERS = frozenset({"solarSystemID", "regionID"})
 ZKB_NUMBER_FILTERS = frozenset({"year", "month", "pastSeconds", "page"})
 
 ESI_ERROR_WINDOW = 60.0  # seconds; ESI's error limit resets every minute
@@ -73,6 +88,12 @@ KILLMAIL_EXPIRE_SECONDS = 30 * 86400  # killmails never change
 NAMES_MAX_IDS = 1000
 NAMES_404_BODY = (SAMPLES_DIR / "esi_universe_names_404_issue1181.json").read_bytes()
 
+R2Z2_BURST = 15  # tokens: R2Z2 allows 15 requests a second per IP
+DEFAULT_RAW_SINCE = "2026-07-01"  # the first UTC day with a raw dump
+RAW_CHUNK_CHARACTERS = 256 * 1024  # a raw day is sent in chunks of about this size
+RAW_GZIP_LEVEL = 1  # speed over size: a raw day can be tens of MB and loopback is fast
+ZKB_GZIP_LEVEL = 5
+
 JSON_TYPE = "application/json; charset=utf-8"
 HTML_TYPE = "text/html; charset=utf-8"
 HTML_ERROR_PAGE = (
@@ -85,6 +106,7 @@ MAX_VIOLATIONS_KEPT = 10_000  # the count keeps going; only the list is bounded
 
 FAMILIES = (
     "zkb_pages",
+    "zkb_stats",
     "zkb_blocked_json",
     "esi_killmails",
     "esi_names",
@@ -93,6 +115,9 @@ FAMILIES = (
     "esi_alliances",
     "esi_types",
     "esi_other",
+    "r2z2_totals",
+    "r2z2_days",
+    "r2z2_raw",
     "control",
     "other",
 )
@@ -112,13 +137,18 @@ class Request:
 
 @dataclass
 class Response:
-    """One HTTP answer; ``hold`` delays it to emulate a hanging upstream."""
+    """One HTTP answer; ``hold`` delays it to emulate a hanging upstream.
+
+    With ``stream`` set, the body is those chunks (sent with chunked transfer encoding) and
+    ``body`` is ignored.
+    """
 
     status: int
     body: bytes = b""
     content_type: str = JSON_TYPE
     headers: dict[str, str] = field(default_factory=dict)
     hold: float = 0.0
+    stream: Iterable[bytes] | None = None
 
     @classmethod
     def json(cls, status: int, payload: Any, **headers: str) -> Response:
@@ -132,6 +162,8 @@ class FakeConfig:
     """Tunable behaviour; every field can be changed with ``FakeUpstream.configure``."""
 
     zkb_rate: float = 1.0  # requests per second refilled into zKillboard's bucket
+    r2z2_rate: float = 15.0  # requests per second refilled into R2Z2's bucket (burst 15)
+    raw_since: str = DEFAULT_RAW_SINCE  # ISO date: R2Z2 raw dumps 404 for earlier days
     item_shape: str = "full"  # "full", "zkbonly" or "mixed" (bodies from 2026-06-27 on)
     latency_zkb: float = 0.0  # seconds slept before every zKillboard answer
     latency_esi: float = 0.0  # seconds slept before every ESI answer
@@ -152,10 +184,21 @@ class ZkbQuery:
     character_ids: tuple[int, ...] = ()
     corporation_ids: tuple[int, ...] = ()
     alliance_ids: tuple[int, ...] = ()
+    ship_type_ids: tuple[int, ...] = ()
+    solar_system_ids: tuple[int, ...] = ()
+    region_ids: tuple[int, ...] = ()
     side: str | None = None
     start: datetime | None = None
     end: datetime | None = None
     page: int = 1
+
+
+@dataclass(frozen=True)
+class StatsQuery:
+    """A parsed zKillboard statistics path: ``stats/{filter}/{id}/``."""
+
+    filter: str  # like "characterID"
+    entity_id: int
 
 
 @dataclass(frozen=True)
@@ -284,13 +327,14 @@ class ErrorWindow:
 
 
 class FakeUpstream:
-    """zKillboard's API under /zkb/api/ and ESI under /esi/, on 127.0.0.1."""
+    """zKillboard's API under /zkb/api/, ESI under /esi/ and R2Z2 under /r2z2/, on 127.0.0.1."""
 
     def __init__(
         self,
         world: World,
         *,
         zkb_rate: float = 1.0,
+        r2z2_rate: float = 15.0,
         esi_killmail_bucket: tuple[int, float] = (3600, 900.0),
         item_shape: str = "full",
         latency_zkb: float = 0.0,
@@ -316,6 +360,7 @@ class FakeUpstream:
         self.reset_stats()
         self.configure(
             zkb_rate=zkb_rate,
+            r2z2_rate=r2z2_rate,
             item_shape=item_shape,
             latency_zkb=latency_zkb,
             latency_esi=latency_esi,
@@ -377,6 +422,11 @@ class FakeUpstream:
         """Return the ESI base URL (ends with /)."""
         return self.url + ESI_PREFIX
 
+    @property
+    def r2z2_url(self) -> str:
+        """Return the R2Z2 base URL (ends with /)."""
+        return self.url + R2Z2_PREFIX
+
     # -- configuration and statistics --------------------------------------------------------
 
     def configure(self, **changes: Any) -> None:
@@ -393,6 +443,8 @@ class FakeUpstream:
             raise ValueError(f"unknown configuration keys: {sorted(unknown)}")
         if changes.get("item_shape", "full") not in ("full", "zkbonly", "mixed"):
             raise ValueError("item_shape must be full, zkbonly or mixed")
+        if "raw_since" in changes:
+            date.fromisoformat(str(changes["raw_since"]))  # ValueError when malformed
         now = time.monotonic()
         with self._lock:
             for name in names & set(changes):
@@ -400,6 +452,9 @@ class FakeUpstream:
             if "zkb_rate" in changes:
                 self._zkb_bucket.refill(now)
                 self._zkb_bucket.rate = self.config.zkb_rate
+            if "r2z2_rate" in changes:
+                self._r2z2_bucket.refill(now)
+                self._r2z2_bucket.rate = self.config.r2z2_rate
             if "fault_seed" in changes:
                 self._faults = random.Random(self.config.fault_seed)
             if "esi_error_limit" in changes:
@@ -430,6 +485,7 @@ class FakeUpstream:
         now = time.monotonic()
         with self._lock:
             self._zkb_bucket = TokenBucket(self.config.zkb_rate, ZKB_BURST, now)
+            self._r2z2_bucket = TokenBucket(self.config.r2z2_rate, R2Z2_BURST, now)
             self._zkb_errors: deque[float] = deque()
             self._esi_buckets = {g: SlidingWindow(*size) for g, size in self._bucket_sizes.items()}
             self._esi_errors = ErrorWindow(self.config.esi_error_limit)
@@ -439,7 +495,11 @@ class FakeUpstream:
         """Forget request counts and violations."""
         with self._lock:
             self._requests: Counter[str] = Counter()
-            self._statuses: dict[str, Counter[str]] = {"zkb": Counter(), "esi": Counter()}
+            self._statuses: dict[str, Counter[str]] = {
+                "zkb": Counter(),
+                "esi": Counter(),
+                "r2z2": Counter(),
+            }
             self._fault_counts: Counter[str] = Counter()
             self._violations: list[dict[str, Any]] = []
             self._violation_count = 0
@@ -481,6 +541,8 @@ class FakeUpstream:
             return self._zkb(request)
         if path.startswith(ESI_PREFIX):
             return self._esi(request)
+        if path.startswith(R2Z2_PREFIX):
+            return self._r2z2(request)
         self._count("other")
         return Response.json(404, {"error": "not found"})
 
@@ -525,9 +587,10 @@ class FakeUpstream:
     # -- zKillboard --------------------------------------------------------------------------
 
     def _zkb(self, request: Request) -> Response:
-        gzip_accepted = "gzip" in request.headers.get("accept-encoding", "").lower()
+        gzip_accepted = _accepts_gzip(request)
+        family = "zkb_stats" if request.path.startswith(ZKB_STATS_PREFIX) else "zkb_pages"
         with self._lock:
-            self._requests["zkb_pages"] += 1
+            self._requests[family] += 1
             self._check_user_agent(request, "zkb_user_agent")
             if not gzip_accepted:
                 self._violate("zkb_accept_encoding", request)
@@ -541,7 +604,7 @@ class FakeUpstream:
         with self._lock:
             self._statuses["zkb"][str(response.status)] += 1
         if gzip_accepted and response.body and response.content_type == JSON_TYPE:
-            response.body = gzip.compress(response.body, compresslevel=5)
+            response.body = gzip.compress(response.body, compresslevel=ZKB_GZIP_LEVEL)
             response.headers["Content-Encoding"] = "gzip"
         return response
 
@@ -570,7 +633,11 @@ class FakeUpstream:
             return Response(status, HTML_ERROR_PAGE, HTML_TYPE)
         if fault == "html":
             return Response(200, HTML_ERROR_PAGE, HTML_TYPE)
-        parsed = parse_zkb_path(request.path, datetime.now(UTC))
+        parsed: ZkbQuery | StatsQuery | ZkbError
+        if request.path.startswith(ZKB_STATS_PREFIX):
+            parsed = parse_zkb_stats_path(request.path)
+        else:
+            parsed = parse_zkb_path(request.path, datetime.now(UTC))
         if isinstance(parsed, ZkbError):
             with self._lock:
                 self._zkb_errors.append(time.monotonic())
@@ -578,6 +645,8 @@ class FakeUpstream:
                 if parsed.rule:
                     self._violate(parsed.rule, request)
             response = Response.json(200, {"error": parsed.message})
+        elif isinstance(parsed, StatsQuery):
+            response = Response.json(200, self._zkb_stats(parsed))
         else:
             response = Response(200, self._zkb_page(parsed).encode())
         if fault == "truncated":
@@ -588,11 +657,14 @@ class FakeUpstream:
 
     def _zkb_page(self, query: ZkbQuery) -> str:
         """Return the JSON text of one page: up to 200 items, newest killmail first."""
-        newest_listed = killmail_id_at(datetime.now(UTC) - timedelta(seconds=ZKB_WITHHELD_SECONDS))
+        newest_listed = _newest_listed()
         ids = self.world.search(
             character_ids=query.character_ids,
             corporation_ids=query.corporation_ids,
             alliance_ids=query.alliance_ids,
+            ship_type_ids=query.ship_type_ids,
+            solar_system_ids=query.solar_system_ids,
+            region_ids=query.region_ids,
             side=query.side,
             start=query.start,
             end=query.end,
@@ -616,6 +688,41 @@ class FakeUpstream:
         with self._lock:
             self._delivered_bodies.update(with_body)
         return "[" + ",".join(items) + "]"
+
+    def _zkb_stats(self, query: StatsQuery) -> dict[str, Any]:
+        """Return one entity's statistics: destroyed and lost, in total and by month.
+
+        Destroyed: the entity is on the attackers' side (for a ship type: an attacker flew
+        it); lost: it is the victim. For a solar system or a region every killmail there
+        counts once, as destroyed. Killmails pages withhold are not counted either.
+        """
+        search = functools.partial(
+            self.world.search, **{ZKB_ID_FILTERS[query.filter]: (query.entity_id,)}
+        )
+        if query.filter in ZKB_PLACE_FILTERS:
+            sides = {"shipsDestroyed": search(), "shipsLost": []}
+        else:
+            sides = {"shipsDestroyed": search(side="kills"), "shipsLost": search(side="losses")}
+        newest_listed = _newest_listed()
+        totals = dict.fromkeys(sides, 0)
+        months: dict[str, dict[str, int]] = {}
+        for key, ids in sides.items():
+            for killmail_id in ids:
+                if killmail_id > newest_listed:
+                    continue
+                when = killmail_time(killmail_id)
+                month = months.setdefault(
+                    f"{when.year:04d}{when.month:02d}",
+                    {"year": when.year, "month": when.month, "shipsDestroyed": 0, "shipsLost": 0},
+                )
+                month[key] += 1
+                totals[key] += 1
+        return {
+            "type": query.filter,
+            "id": query.entity_id,
+            **totals,
+            "months": dict(sorted(months.items())),
+        }
 
     def _zkb_blocked_json(self, request: Request) -> Response:
         self._count("zkb_blocked_json")
@@ -782,6 +889,113 @@ class FakeUpstream:
         ]
         return Response.json(200, answer)
 
+    # -- R2Z2 --------------------------------------------------------------------------------
+
+    def _r2z2(self, request: Request) -> Response:
+        family, route = self._r2z2_route(request)
+        with self._lock:
+            self._requests[family] += 1
+            self._check_user_agent(request, "r2z2_user_agent")
+            response = self._r2z2_admission(request, time.monotonic())
+            fault = None if response is not None else self._draw_fault()
+            status = self._fault_status() if fault == "5xx" else 200
+        if response is None:
+            response = self._r2z2_answer(request, route, fault, status)
+        with self._lock:
+            self._statuses["r2z2"][str(response.status)] += 1
+        if _accepts_gzip(request) and response.content_type == JSON_TYPE:
+            _gzip(response, RAW_GZIP_LEVEL if response.stream is not None else ZKB_GZIP_LEVEL)
+        return response
+
+    def _r2z2_route(self, request: Request) -> tuple[str, RouteHandler]:
+        """Return (stats family, handler) for an R2Z2 path."""
+        parts = request.path[len(R2Z2_PREFIX) :].split("/")
+        if parts == ["history", "totals.json"]:
+            family, handler = "r2z2_totals", self._r2z2_totals
+        elif len(parts) == 2 and parts[0] == "history":
+            family, handler = "r2z2_days", self._r2z2_day
+        elif len(parts) == 3 and parts[:2] == ["history", "raw"]:
+            family, handler = "r2z2_raw", self._r2z2_raw
+        else:
+            return "other", _r2z2_not_found
+        if request.method != "GET":
+            return family, _method_not_allowed
+        return family, handler
+
+    def _r2z2_admission(self, request: Request, now: float) -> Response | None:
+        """Refuse a request over R2Z2's rate (15 a second per IP); call with the lock."""
+        if self._burst_429 > 0:
+            self._burst_429 -= 1
+            self._fault_counts["burst_429"] += 1
+            return _too_many_requests(1)
+        wait = self._r2z2_bucket.take(now)
+        if wait > 0:
+            self._violate("r2z2_rate", request)
+            return _too_many_requests(max(1, math.ceil(wait)))
+        return None
+
+    def _r2z2_answer(
+        self, request: Request, route: RouteHandler, fault: str | None, status: int
+    ) -> Response:
+        if fault == "5xx":
+            return Response(status, HTML_ERROR_PAGE, HTML_TYPE)
+        if fault == "html":
+            return Response(200, HTML_ERROR_PAGE, HTML_TYPE)
+        response = route(request)
+        if fault == "truncated" and response.status == 200:
+            if response.stream is not None:
+                response.body, response.stream = b"".join(response.stream), None
+            response.body = _truncate(response.body)
+        if fault == "timeout":
+            response.hold = self.config.timeout_hold
+        return response
+
+    def _r2z2_totals(self, request: Request) -> Response:
+        """``{"YYYYMMDD": count}`` from the oldest killmail's day to yesterday, zeros too."""
+        counts = self.world.day_counts()
+        yesterday = datetime.now(UTC).date() - timedelta(days=1)
+        day = min(counts, default=yesterday + timedelta(days=1))
+        entries = []
+        while day <= yesterday:
+            entries.append(f'"{day:%Y%m%d}":{counts.get(day, 0)}')
+            day += timedelta(days=1)
+        return Response(200, ("{" + ",".join(entries) + "}").encode())
+
+    def _r2z2_day(self, request: Request) -> Response:
+        """``{"<killmail_id>": "<hash>"}`` of a past UTC day, ids ascending."""
+        day = _dumped_day(request.path)
+        if day is None:
+            return _r2z2_not_found(request)
+        world = self.world
+        entries = [f'"{i}":"{world.killmail_hash(i)}"' for i in world.killmail_ids_on(day)]
+        return Response(200, ("{" + ",".join(entries) + "}").encode())
+
+    def _r2z2_raw(self, request: Request) -> Response:
+        """``{"<killmail_id>": <ESI body>}`` of a past UTC day, streamed; 404 without a dump."""
+        day = _dumped_day(request.path)
+        raw_since = date.fromisoformat(self.config.raw_since)
+        if day is None or day < raw_since or day in self.world.days_without_raw:
+            return _r2z2_not_found(request)
+        ids = self.world.killmail_ids_on(day)
+        with self._lock:
+            self._delivered_bodies.update(ids)
+        return Response(200, stream=self._raw_chunks(ids))
+
+    def _raw_chunks(self, ids: list[int]) -> Iterator[bytes]:
+        """Yield a raw day's JSON in chunks, joining the bodies' JSON texts as they are."""
+        pieces = ["{"]
+        size = 0
+        for position, killmail_id in enumerate(ids):
+            body = self.world.body_json(killmail_id)
+            pieces.append(f',"{killmail_id}":' if position else f'"{killmail_id}":')
+            pieces.append(body)
+            size += len(body)
+            if size >= RAW_CHUNK_CHARACTERS:
+                yield "".join(pieces).encode()
+                pieces, size = [], 0
+        pieces.append("}")
+        yield "".join(pieces).encode()
+
     # -- control -----------------------------------------------------------------------------
 
     def _control(self, request: Request) -> Response:
@@ -856,11 +1070,26 @@ def parse_zkb_path(path: str, now: datetime) -> ZkbQuery | ZkbError:
     return _zkb_query(ids, numbers, sides, now)
 
 
+def parse_zkb_stats_path(path: str) -> StatsQuery | ZkbError:
+    """Parse a zKillboard statistics path (``/zkb/api/stats/characterID/N/``)."""
+    rest = path[len(ZKB_STATS_PREFIX) :]
+    if not rest.endswith("/"):
+        return ZkbError("Invalid request: the URL must end with /", "zkb_trailing_slash")
+    segments = rest.split("/")[:-1]
+    if len(segments) != 2 or segments[0] not in ZKB_ID_FILTERS:
+        return ZkbError("Statistics need one of " + ", ".join(ZKB_ID_FILTERS) + " and an id")
+    if "," in segments[1]:
+        return ZkbError("Multiple ids are no longer supported", "zkb_comma_ids")
+    if not segments[1].isdigit():
+        return ZkbError(f"{segments[0]} needs a numeric value")
+    return StatsQuery(segments[0], int(segments[1]))
+
+
 def _zkb_query(
     ids: dict[str, tuple[int, ...]], numbers: dict[str, int], sides: set[str], now: datetime
 ) -> ZkbQuery | ZkbError:
     if not ids:
-        return ZkbError("A characterID, corporationID or allianceID filter is required")
+        return ZkbError("One of the filters " + ", ".join(ZKB_ID_FILTERS) + " is required")
     if len(sides) > 1:
         return ZkbError("kills and losses cannot be combined")
     page = numbers.get("page", 1)
@@ -883,6 +1112,15 @@ def _zkb_query(
         start = max(start, since) if start else since
     side = sides.pop() if sides else None
     return ZkbQuery(**ids, side=side, start=start, end=end, page=page)
+
+
+def _newest_listed() -> int:
+    """The newest killmail id zKillboard lists now (younger ones are withheld)."""
+    return killmail_id_at(datetime.now(UTC) - timedelta(seconds=ZKB_WITHHELD_SECONDS))
+
+
+def _accepts_gzip(request: Request) -> bool:
+    return "gzip" in request.headers.get("accept-encoding", "").lower()
 
 
 def _details(lookup: Callable[[int], dict[str, Any] | None], not_found: str) -> RouteHandler:
@@ -911,6 +1149,41 @@ def _cacheable(request: Request, text: str, expires_in: int) -> Response:
     if etag in tags:
         return Response(304, b"", JSON_TYPE, headers)
     return Response(200, text.encode(), JSON_TYPE, headers)
+
+
+def _dumped_day(path: str) -> date | None:
+    """The UTC day a path's last segment ``YYYYMMDD.json`` names, if it is dumped already."""
+    name = path.rsplit("/", 1)[-1]
+    digits = name.removesuffix(".json")
+    if not (name.endswith(".json") and len(digits) == 8 and digits.isdigit()):
+        return None
+    try:
+        day = date(int(digits[:4]), int(digits[4:6]), int(digits[6:]))
+    except ValueError:
+        return None
+    return day if day < datetime.now(UTC).date() else None
+
+
+def _r2z2_not_found(request: Request) -> Response:
+    return Response(404, b"<html><body><h1>404 Not Found</h1></body></html>", HTML_TYPE)
+
+
+def _gzip(response: Response, level: int) -> None:
+    """Compress an answer in place, streamed ones chunk by chunk."""
+    if response.stream is not None:
+        response.stream = _gzip_chunks(response.stream, level)
+    elif response.body:
+        response.body = gzip.compress(response.body, compresslevel=level)
+    else:
+        return
+    response.headers["Content-Encoding"] = "gzip"
+
+
+def _gzip_chunks(chunks: Iterable[bytes], level: int) -> Iterator[bytes]:
+    compressor = zlib.compressobj(level, zlib.DEFLATED, 31)  # wbits 31: the gzip format
+    for chunk in chunks:
+        yield compressor.compress(chunk)
+    yield compressor.flush()
 
 
 def _esi_not_found(request: Request) -> Response:
@@ -999,12 +1272,23 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(response.status)
         for name, value in response.headers.items():
             self.send_header(name, value)
-        if response.status != 304:
-            self.send_header("Content-Type", response.content_type)
+        if response.status == 304:
+            self.end_headers()
+            return
+        self.send_header("Content-Type", response.content_type)
+        if response.stream is None:
             self.send_header("Content-Length", str(len(response.body)))
-        self.end_headers()
-        if response.status != 304:
+            self.end_headers()
             self.wfile.write(response.body)
+            return
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        for chunk in response.stream:
+            if chunk:
+                self.wfile.write(b"%x\r\n" % len(chunk))
+                self.wfile.write(chunk)
+                self.wfile.write(b"\r\n")
+        self.wfile.write(b"0\r\n\r\n")
 
     def log_message(self, *args: Any) -> None:
         """Keep test output clean: no access log."""
@@ -1017,4 +1301,5 @@ __all__ = [
     "Request",
     "Response",
     "parse_zkb_path",
+    "parse_zkb_stats_path",
 ]

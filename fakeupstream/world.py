@@ -9,19 +9,26 @@ strictly increase with ``killmail_time`` across the whole world.
 Pools of ship, weapon and item types, item flags, NPC corporations and solar systems are read
 from the real samples in ``fakeupstream/data/``.
 
+Searches by character, corporation or alliance read the registry; searches by ship type, solar
+system or region read an index of the generated bodies, built on first use and again after
+killmails are added (every body is generated once for it: fine for test-sized worlds).
+
 Why one long module: the world's generators (bodies, zkb, names, details) read the same
 pools and per-id random streams; split apart they would pass those around.
 """
 
 from __future__ import annotations
 
+import bisect
 import enum
 import functools
 import hashlib
 import json
 import random
+import threading
+from collections import Counter
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -77,6 +84,26 @@ SOLAR_SYSTEMS = {
     31000005: -1.0,
     31002238: -1.0,
 }
+# The region of every system above: real for the named ones, plausible for the others.
+REGIONS = {
+    30000142: 10000002,  # Jita, The Forge
+    30000144: 10000002,  # Perimeter, The Forge
+    30002187: 10000043,  # Amarr, Domain
+    30002053: 10000042,  # Hek, Metropolis
+    30003442: 10000064,  # Essence
+    30002813: 10000033,  # Tama, The Citadel
+    30002537: 10000030,  # Amamake, Heimatar
+    30045349: 10000069,  # Black Rise
+    30004859: 10000050,  # Querious
+    30001198: 10000012,  # Curse
+    30004759: 10000060,  # 1DQ1-A, Delve
+    30000848: 10000006,  # Wicked Creek
+    31000005: 11000031,  # Thera
+    31002238: 11000030,
+}
+# date_founded of a corporation or alliance with no tracked member that has killmails.
+FOUNDED_WITHOUT_KILLMAILS = "2010-01-01T12:00:00Z"
+FOUNDED_DAYS_BEFORE_OLDEST = 30  # a founding date this many days before the oldest killmail
 SHIP_GROUPS = (25, 26, 27, 28, 30, 31, 237, 358, 419, 420, 463, 485, 513, 540, 541, 547, 659, 833)
 MODULE_GROUPS = (38, 40, 41, 46, 53, 55, 60, 62, 63, 74, 77, 83, 85, 86, 87, 212, 1308)
 STRUCTURE_GROUP = 1657
@@ -115,6 +142,14 @@ class Corporation:
     alliance_id: int | None
     ceo_id: int
     npc: bool = False
+
+
+class BodyIndex(NamedTuple):
+    """Killmail ids by what their generated bodies show: ships flown and the system."""
+
+    victim_ships: dict[int, set[int]]
+    attacker_ships: dict[int, set[int]]
+    systems: dict[int, set[int]]
 
 
 class SamplePools(NamedTuple):
@@ -181,7 +216,12 @@ class World:
         # Killmail id -> a body served instead of the generated one (zkb stays generated).
         self.served_bodies: dict[int, dict[str, Any]] = {}
         self.unresolvable_ids: set[int] = set()
+        # UTC days whose R2Z2 raw dump is missing (404), as days before 2026-07 are.
+        self.days_without_raw: set[date] = set()
         self._killmails: dict[int, Participation] = {}
+        self._ascending: list[int] | None = None
+        self._index: BodyIndex | None = None
+        self._index_lock = threading.Lock()
         self._by_character: dict[int, list[int]] = {}
         self._sorted: dict[int, list[int]] = {}
         self._tracked: dict[int, Character] = {}
@@ -260,6 +300,19 @@ class World:
         """Return every killmail id in the world, newest first."""
         return sorted(self._killmails, reverse=True)
 
+    def killmail_ids_on(self, day: date) -> list[int]:
+        """Return the ids of the killmails of one UTC day, ascending."""
+        start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+        ids = self._ascending_ids()
+        low = bisect.bisect_left(ids, killmail_id_at(start))
+        high = bisect.bisect_left(ids, killmail_id_at(start + timedelta(days=1)))
+        return ids[low:high]
+
+    def day_counts(self) -> dict[date, int]:
+        """Return how many killmails each UTC day holds, for days with any, ascending."""
+        counts = Counter(killmail_time(i).date() for i in self._ascending_ids())
+        return dict(sorted(counts.items()))
+
     def participation(self, killmail_id: int) -> Participation:
         """Return which tracked characters appear in a killmail (KeyError if unknown)."""
         return self._killmails[killmail_id]
@@ -304,30 +357,55 @@ class World:
         character_ids: tuple[int, ...] = (),
         corporation_ids: tuple[int, ...] = (),
         alliance_ids: tuple[int, ...] = (),
+        ship_type_ids: tuple[int, ...] = (),
+        solar_system_ids: tuple[int, ...] = (),
+        region_ids: tuple[int, ...] = (),
         side: str | None = None,
         start: datetime | None = None,
         end: datetime | None = None,
     ) -> list[int]:
         """Return killmail ids matching zKillboard-style filters, newest first.
 
-        A killmail matches when, for every given filter, some tracked participant matches it
-        (for side "losses": the victim; for "kills": an attacker). Only tracked characters
-        are indexed, which is all the filters of this fake need.
+        A killmail matches when it matches every given filter, each on its own:
+        - character, corporation, alliance: some tracked participant matches it (for side
+          "losses": the victim; for "kills": an attacker). Only tracked characters are
+          indexed, which is all the filters of this fake need.
+        - ship type: the victim flew it ("losses"), an attacker did ("kills"), or either.
+        - solar system, region: the killmail happened there; the side restricts nothing.
+        No filter at all matches nothing.
         """
         wanted = [(character_ids, 0), (corporation_ids, 1), (alliance_ids, 2)]
         wanted = [(set(ids), position) for ids, position in wanted if ids]
-        if not wanted:
+        by_body = self._body_matches(ship_type_ids, solar_system_ids, region_ids, side)
+        if not wanted and not by_body:
             return []
+        candidates = self._candidates(wanted) if wanted else min(by_body, key=len)
         low = killmail_id_at(start) if start else 0
         high = killmail_id_at(end) if end else None
         found = []
-        for killmail_id in self._candidates(wanted):
+        for killmail_id in candidates:
             if killmail_id < low or (high is not None and killmail_id >= high):
                 continue
-            if self._participation_matches(self._killmails[killmail_id], wanted, side):
+            if not all(killmail_id in ids for ids in by_body):
+                continue
+            participation = self._killmails[killmail_id]
+            if not wanted or self._participation_matches(participation, wanted, side):
                 found.append(killmail_id)
         found.sort(reverse=True)
         return found
+
+    def body_index(self) -> BodyIndex:
+        """Return the index of the generated bodies (built now if killmails were added).
+
+        Bodies replaced through `served_bodies` are indexed as generated.
+        """
+        with self._index_lock:
+            if self._index is None:
+                index = BodyIndex({}, {}, {})
+                for killmail_id in self._killmails:
+                    _index_body(index, _BodyBuilder(self, killmail_id).build())
+                self._index = index
+            return self._index
 
     def referenced_entities(self) -> dict[str, set[int]]:
         """Return, by /universe/names/ category, every id that any killmail body references.
@@ -406,7 +484,11 @@ class World:
         return details
 
     def corporation_details(self, corporation_id: int) -> dict[str, Any] | None:
-        """Return the /corporations/{id}/ body (without the id), or None if unknown."""
+        """Return the /corporations/{id}/ body (without the id), or None if unknown.
+
+        `date_founded` is never later than the oldest killmail of a tracked member, so a walk
+        that starts at the founding date misses none.
+        """
         corporation = self._corporations.get(corporation_id)
         if corporation is None or not self.is_resolvable(corporation_id):
             return None
@@ -414,7 +496,7 @@ class World:
         details: dict[str, Any] = {
             "ceo_id": corporation.ceo_id,
             "creator_id": corporation.ceo_id,
-            "date_founded": _random_date(rng, 2003, 2025),
+            "date_founded": self._founded(1, corporation_id),
             "description": "",
             "member_count": rng.randint(1, 4000),
             "name": self.name(corporation_id),
@@ -426,15 +508,17 @@ class World:
         return details
 
     def alliance_details(self, alliance_id: int) -> dict[str, Any] | None:
-        """Return the /alliances/{id}/ body (without the id), or None if unknown."""
+        """Return the /alliances/{id}/ body (without the id), or None if unknown.
+
+        `date_founded` is never later than the oldest killmail of a tracked member.
+        """
         executor = self._alliances.get(alliance_id)
         if executor is None or not self.is_resolvable(alliance_id):
             return None
-        rng = random.Random(f"{self.seed}:alliance:{alliance_id}")
         return {
             "creator_corporation_id": executor,
             "creator_id": self._corporations[executor].ceo_id,
-            "date_founded": _random_date(rng, 2004, 2025),
+            "date_founded": self._founded(2, alliance_id),
             "executor_corporation_id": executor,
             "name": self.name(alliance_id),
             "ticker": f"A{alliance_id % 10000:04d}",
@@ -451,6 +535,22 @@ class World:
             "name": self.name(type_id),
             "published": True,
         }
+
+    def _founded(self, position: int, entity_id: int) -> str:
+        """Return a founding time before every killmail of the entity's tracked members.
+
+        `position` is 1 for a corporation, 2 for an alliance (as in an affiliation tuple).
+        """
+        oldest: int | None = None
+        for character_id, character in self._tracked.items():
+            affiliation = (character_id, character.corporation_id, character.alliance_id)
+            ids = self._sorted_ids(character_id) if affiliation[position] == entity_id else []
+            if ids and (oldest is None or ids[-1] < oldest):
+                oldest = ids[-1]
+        if oldest is None:
+            return FOUNDED_WITHOUT_KILLMAILS
+        founded = killmail_time(oldest) - timedelta(days=FOUNDED_DAYS_BEFORE_OLDEST)
+        return founded.replace(hour=12, minute=0, second=0).strftime(TIME_FORMAT)
 
     # -- internals: registration -------------------------------------------------------------
 
@@ -566,11 +666,47 @@ class World:
         while killmail_id in self._killmails:
             killmail_id -= 1
         self._killmails[killmail_id] = participation
+        self._ascending = None
+        self._index = None
         for character_id in (*participation.attackers, participation.victim):
             if character_id is not None:
                 self._by_character.setdefault(character_id, []).append(killmail_id)
                 self._sorted.pop(character_id, None)
         return killmail_id
+
+    def _ascending_ids(self) -> list[int]:
+        ids = self._ascending
+        if ids is None:
+            ids = self._ascending = sorted(self._killmails)
+        return ids
+
+    def _body_matches(
+        self,
+        ship_type_ids: tuple[int, ...],
+        solar_system_ids: tuple[int, ...],
+        region_ids: tuple[int, ...],
+        side: str | None,
+    ) -> list[set[int]]:
+        """Return, per given body filter, the killmails that match it (read-only sets)."""
+        if not (ship_type_ids or solar_system_ids or region_ids):
+            return []
+        index = self.body_index()
+        matches: list[set[int]] = []
+        if ship_type_ids:
+            ships: set[int] = set()
+            for type_id in ship_type_ids:
+                if side != "kills":
+                    ships |= index.victim_ships.get(type_id, set())
+                if side != "losses":
+                    ships |= index.attacker_ships.get(type_id, set())
+            matches.append(ships)
+        systems = set(solar_system_ids)
+        if systems:
+            matches.append(set().union(*(index.systems.get(s, ()) for s in systems)))
+        if region_ids:
+            in_regions = [s for s, region in REGIONS.items() if region in region_ids]
+            matches.append(set().union(*(index.systems.get(s, ()) for s in in_regions)))
+        return matches
 
     def _sorted_ids(self, character_id: int) -> list[int]:
         ids = self._sorted.get(character_id)
@@ -911,6 +1047,16 @@ def _labels(
             labels.append(label)
             break
     return labels
+
+
+def _index_body(index: BodyIndex, body: dict[str, Any]) -> None:
+    """Add one body's ships and system to the index."""
+    killmail_id = body["killmail_id"]
+    index.victim_ships.setdefault(body["victim"]["ship_type_id"], set()).add(killmail_id)
+    for attacker in body["attackers"]:
+        if "ship_type_id" in attacker:
+            index.attacker_ships.setdefault(attacker["ship_type_id"], set()).add(killmail_id)
+    index.systems.setdefault(body["solar_system_id"], set()).add(killmail_id)
 
 
 def _collect_references(body: dict[str, Any], found: dict[str, set[int]]) -> None:

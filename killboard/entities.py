@@ -108,6 +108,7 @@ ENTITY_KINDS: tuple[EntityKind, ...] = (
             "ceo_id": as_int,
             "alliance_id": as_int,
             "member_count": as_int,
+            "date_founded": as_time,
         },
         queue="esi_corporation_info_queue",
     ),
@@ -116,7 +117,11 @@ ENTITY_KINDS: tuple[EntityKind, ...] = (
         model=Alliance,
         detail_path="alliances/{id}/",
         detail_group="alliance",
-        detail_fields={"ticker": as_text(16), "executor_corporation_id": as_int},
+        detail_fields={
+            "ticker": as_text(16),
+            "executor_corporation_id": as_int,
+            "date_founded": as_time,
+        },
         queue="esi_alliance_info_queue",
     ),
     EntityKind(

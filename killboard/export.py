@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterator
+from itertools import islice
 from typing import Any
+
+from django.db.models import QuerySet
 
 from killboard.models import Item, Killmail, Participant
 from killboard.shapes import (
@@ -24,8 +27,10 @@ from killboard.shapes import (
     format_time,
 )
 
-# Killmails loaded per round of queries while exporting.
+# Killmails loaded per round of queries while exporting (the memory an export holds).
 EXPORT_CHUNK = 500
+# By id, so two exports line up line by line whatever the order the rows were stored in.
+EXPORT_ORDER = ("killmail_id",)
 
 
 def _object(
@@ -91,33 +96,40 @@ def build_record(
     return body
 
 
-def iter_records(killmails: Any = None) -> Iterator[dict[str, Any]]:
-    """Yield rebuilt records for a queryset of killmails (all by default), by killmail id.
+def iter_records(killmails: QuerySet[Killmail] | None = None) -> Iterator[dict[str, Any]]:
+    """Yield rebuilt records for a queryset of killmails (all by default), in EXPORT_ORDER.
 
-    Walks the ids EXPORT_CHUNK at a time with three queries a chunk, so memory stays bounded.
+    One pass over the queryset's ids on a database cursor (server-side on PostgreSQL), and
+    three queries by primary key for each EXPORT_CHUNK of them: memory stays bounded and each
+    chunk costs the same however far the export has gone.
     """
     queryset = killmails if killmails is not None else Killmail.objects.all()
-    last_id = 0
-    while True:
-        chunk = list(
-            queryset.filter(killmail_id__gt=last_id).order_by("killmail_id").values()[:EXPORT_CHUNK]
-        )
-        if not chunk:
-            return
-        ids = [killmail["killmail_id"] for killmail in chunk]
-        participants: dict[int, list[dict[str, Any]]] = defaultdict(list)
-        for row in (
-            Participant.objects.filter(killmail_id__in=ids)
-            .order_by("killmail_id", "-is_victim", "ordinal")
-            .values()
-        ):
-            participants[row["killmail_id"]].append(row)
-        items: dict[int, list[dict[str, Any]]] = defaultdict(list)
-        for row in (
-            Item.objects.filter(killmail_id__in=ids).order_by("killmail_id", "ordinal").values()
-        ):
-            items[row["killmail_id"]].append(row)
-        for killmail in chunk:
-            killmail_id = killmail["killmail_id"]
-            yield build_record(killmail, participants[killmail_id], items[killmail_id])
-        last_id = ids[-1]
+    ids = (
+        queryset.order_by(*EXPORT_ORDER)
+        .values_list("killmail_id", flat=True)
+        .iterator(chunk_size=EXPORT_CHUNK)
+    )
+    while chunk := list(islice(ids, EXPORT_CHUNK)):
+        yield from _chunk_records(chunk)
+
+
+def _chunk_records(ids: list[int]) -> Iterator[dict[str, Any]]:
+    killmails = {
+        row["killmail_id"]: row for row in Killmail.objects.filter(killmail_id__in=ids).values()
+    }
+    participants: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for row in (
+        Participant.objects.filter(killmail_id__in=ids)
+        .order_by("killmail_id", "-is_victim", "ordinal")
+        .values()
+    ):
+        participants[row["killmail_id"]].append(row)
+    items: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for row in Item.objects.filter(killmail_id__in=ids).order_by("killmail_id", "ordinal").values():
+        items[row["killmail_id"]].append(row)
+    for killmail_id in ids:
+        # Gone since the ids were read: nothing left to export.
+        if killmail_id in killmails:
+            yield build_record(
+                killmails[killmail_id], participants[killmail_id], items[killmail_id]
+            )

@@ -19,6 +19,7 @@ bulk ingest fast.
 from __future__ import annotations
 
 import json
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from django.db import models
@@ -141,6 +142,7 @@ class Corporation(Entity):
     ceo_id = models.BigIntegerField(null=True, blank=True)
     alliance_id = models.BigIntegerField(null=True, blank=True)
     member_count = models.IntegerField(null=True, blank=True)
+    date_founded = models.DateTimeField(null=True, blank=True)
 
 
 class Alliance(Entity):
@@ -148,6 +150,7 @@ class Alliance(Entity):
 
     ticker = models.CharField(max_length=16, blank=True)
     executor_corporation_id = models.BigIntegerField(null=True, blank=True)
+    date_founded = models.DateTimeField(null=True, blank=True)
 
 
 class ItemType(Entity):
@@ -178,13 +181,42 @@ def _entity(model: type[Entity], *, required: bool = False) -> models.ForeignKey
     )
 
 
+def _day_start(day: date) -> datetime:
+    return datetime.combine(day, time.min, tzinfo=UTC)
+
+
 class KillmailQuerySet(models.QuerySet):
     """Queries over stored killmails."""
 
     def involving_character(self, character_id: int) -> KillmailQuerySet:
         """Killmails where the character is the victim or an attacker, newest first."""
-        ids = Participant.objects.filter(character_id=character_id).values("killmail_id")
+        return self._involving(character_id=character_id)
+
+    def involving_corporation(self, corporation_id: int) -> KillmailQuerySet:
+        """Killmails where the corporation is the victim's or an attacker's, newest first."""
+        return self._involving(corporation_id=corporation_id)
+
+    def involving_alliance(self, alliance_id: int) -> KillmailQuerySet:
+        """Killmails where the alliance is the victim's or an attacker's, newest first."""
+        return self._involving(alliance_id=alliance_id)
+
+    def _involving(self, **entity: int) -> KillmailQuerySet:
+        # Served by the participant_*_time_idx index of that entity (a partial index on
+        # "not null", which an equality to an id implies).
+        ids = Participant.objects.filter(**entity).values("killmail_id")
         return self.filter(killmail_id__in=ids).order_by("-killmail_time", "-killmail_id")
+
+    def between(self, from_date: date | None, to_date: date | None) -> KillmailQuerySet:
+        """Killmails of the UTC days `from_date` to `to_date`, both whole days included.
+
+        None leaves that end open. Served by killmail_time_idx.
+        """
+        queryset = self
+        if from_date is not None:
+            queryset = queryset.filter(killmail_time__gte=_day_start(from_date))
+        if to_date is not None and to_date < date.max:
+            queryset = queryset.filter(killmail_time__lt=_day_start(to_date + timedelta(days=1)))
+        return queryset
 
 
 class Killmail(models.Model):

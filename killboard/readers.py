@@ -3,7 +3,8 @@
 Supported: JSON Lines, JSON arrays, zKillboard day dumps (`{"<killmail_id>": body}`, or
 `{"<killmail_id>": "<hash>"}`, whose records carry no body and are rejected as such), single
 killmail objects, any of these compressed with gzip or bzip2, and tar archives (`.tar`,
-`.tar.gz`, `.tgz`, `.tar.bz2`) holding JSON files. Memory is bounded by the largest single
+`.tar.gz`, `.tgz`, `.tar.bz2`) holding JSON files; `read_stream` reads the same uncompressed
+shapes from a stream already open (an HTTP body). Memory is bounded by the largest single
 killmail, not by the file: a single JSON value (or a tar member) over `MAX_VALUE_CHARS` is
 an `UnreadableFile` naming where it is, rather than a buffer that grows without end.
 """
@@ -11,6 +12,7 @@ an `UnreadableFile` naming where it is, rather than a buffer that grows without 
 from __future__ import annotations
 
 import bz2
+import contextlib
 import gzip
 import io
 import json
@@ -201,14 +203,13 @@ def _day_dump_record(killmail_id: int, value: Any) -> Any:
     return value
 
 
-def _open_text(path: Path, raw: IO[bytes]) -> IO[str]:
+def _decompressed(path: Path, raw: IO[bytes]) -> IO[bytes]:
     name = path.name.lower()
-    binary: IO[bytes] = raw
     if name.endswith(".gz"):
-        binary = gzip.GzipFile(fileobj=raw)  # type: ignore[assignment]
-    elif name.endswith(".bz2"):
-        binary = bz2.BZ2File(raw)  # type: ignore[assignment]
-    return io.TextIOWrapper(binary, encoding="utf-8")
+        return gzip.GzipFile(fileobj=raw)  # type: ignore[return-value]
+    if name.endswith(".bz2"):
+        return bz2.BZ2File(raw)  # type: ignore[return-value]
+    return raw
 
 
 def _archive_records(path: Path, raw: IO[bytes]) -> Iterator[Any]:
@@ -231,14 +232,30 @@ def _archive_records(path: Path, raw: IO[bytes]) -> Iterator[Any]:
         raise UnreadableFile(f"{path}: broken or truncated archive ({exc})") from None
 
 
+def read_stream(raw: IO[bytes], name: str) -> Iterator[Any]:
+    """Yield the killmail records of an open binary stream of UTF-8 JSON, not compressed.
+
+    The shapes of a plain file (arrays, JSON Lines, day dumps, single objects), read as the
+    stream gives them (an HTTP body, a decompressor); errors are `UnreadableFile` naming
+    `name`. The stream stays open: it is the caller's.
+    """
+    text = io.TextIOWrapper(raw, encoding="utf-8")
+    try:
+        yield from _JsonStream(text, name).records()
+    except (OSError, EOFError, UnicodeDecodeError) as exc:
+        raise UnreadableFile(f"{name}: cannot be read ({exc})") from None
+    finally:
+        # A wrapper closes its stream when collected; hand it back to the caller instead.
+        with contextlib.suppress(ValueError):
+            text.detach()
+
+
 def read_records(path: Path, progress: Callable[[int], None] | None = None) -> Iterator[Any]:
     """Yield the killmail records of one file; `progress` gets the bytes read as they go."""
     with path.open("rb") as handle:
         raw = io.BufferedReader(_CountingReader(handle, progress))
         if path.name.lower().endswith(ARCHIVE_SUFFIXES):
             yield from _archive_records(path, raw)
-            return
-        try:
-            yield from _JsonStream(_open_text(path, raw), str(path)).records()
-        except (OSError, EOFError, UnicodeDecodeError) as exc:
-            raise UnreadableFile(f"{path}: cannot be read ({exc})") from None
+        else:
+            with _decompressed(path, raw) as binary:
+                yield from read_stream(binary, str(path))

@@ -62,6 +62,7 @@ def _upstreams_nowhere(settings: Any) -> None:
     """Upstream URLs point at a closed loopback port unless a test sets the fake's."""
     settings.ZKILLBOARD_API_URL = "http://127.0.0.1:9/zkb/api/"
     settings.ESI_URL = "http://127.0.0.1:9/esi/"
+    settings.R2Z2_URL = "http://127.0.0.1:9/r2z2/"
 
 
 @pytest.fixture
@@ -72,16 +73,19 @@ def world() -> World:
 
 @pytest.fixture
 def fake(world: World, settings: Any) -> Iterator[FakeUpstream]:
-    """The fake zKillboard and ESI on loopback, fast, with settings pointing at it."""
+    """The fake zKillboard, ESI and R2Z2 on loopback, fast, with settings pointing at it."""
     with FakeUpstream(
         world,
         zkb_rate=1e6,
+        r2z2_rate=1e6,
         esi_killmail_bucket=GENEROUS_BUCKETS["killmail"],
         esi_buckets=GENEROUS_BUCKETS,
     ) as upstream:
         settings.ZKILLBOARD_API_URL = upstream.zkb_url
         settings.ESI_URL = upstream.esi_url
         settings.ZKILLBOARD_REQUESTS_PER_SECOND = 1e6
+        settings.R2Z2_URL = upstream.r2z2_url
+        settings.R2Z2_REQUESTS_PER_SECOND = 1e6
         yield upstream
 
 

@@ -1,7 +1,10 @@
-"""The admin: killmails and entities, backfill jobs and their actions, API tokens."""
+"""The admin: killmails and entities, backfill jobs and their actions, day coverage, API
+tokens."""
 
 from __future__ import annotations
 
+import html
+from datetime import UTC, date, datetime
 from typing import Any
 
 import pytest
@@ -9,19 +12,25 @@ from django.test import Client
 from django.urls import reverse
 
 from api.models import ApiToken, hash_token
-from backfill import lifecycle
-from backfill.models import BackfillJob, FailedKillmail
+from backfill import lifecycle, planning
+from backfill.models import BackfillDay, BackfillJob, DayCoverage, FailedKillmail
+from backfill.planner import Plan
 from killboard.ingest import ingest_killmails
 from killboard.models import Character, ItemType, Killmail, Participant, SolarSystem
 from tests.conftest import logged_in_client
-from tests.factories import CharacterFactory, KillmailFactory
+from tests.factories import AllianceFactory, CharacterFactory, CorporationFactory, KillmailFactory
 
 pytestmark = pytest.mark.django_db
 
 CHARACTER = 2117325769
+CORPORATION = 98000001
+ALLIANCE = 99000001
 JOBS = reverse("admin:backfill_backfilljob_changelist")
 ADD_JOB = reverse("admin:backfill_backfilljob_add")
 CHARACTERS = reverse("admin:killboard_character_changelist")
+CORPORATIONS = reverse("admin:killboard_corporation_changelist")
+ALLIANCES = reverse("admin:killboard_alliance_changelist")
+COVERAGE = reverse("admin:backfill_daycoverage_changelist")
 KILLMAILS = reverse("admin:killboard_killmail_changelist")
 
 
@@ -53,6 +62,15 @@ def action(client: Client, url: str, name: str, ids: list[int], **extra: Any) ->
     return client.post(
         url, {"action": name, "_selected_action": [str(pk) for pk in ids], **extra}, follow=True
     )
+
+
+def page_text(response: Any) -> str:
+    """The page as a reader sees it (entities such as &#x27; unescaped)."""
+    return html.unescape(response.content.decode())
+
+
+def job_page(client: Client, job: BackfillJob) -> str:
+    return page_text(client.get(reverse("admin:backfill_backfilljob_change", args=[job.pk])))
 
 
 # -- killmails -------------------------------------------------------------------------------
@@ -191,10 +209,29 @@ def test_reenrich_needs_the_change_permission(django_user_model: Any):
 # -- backfill jobs ---------------------------------------------------------------------------
 
 
+def add_job_data(**fields: str) -> dict[str, str]:
+    """The add form's fields: a character backfill with the default options, then `fields`."""
+    data = {"target_type": "character", "target_id": str(CHARACTER), "limit": "200"}
+    return {**data, "skip_existing": "on", **fields}
+
+
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        ({"character_id": "abc"}, "character id must be a positive whole number, got 'abc'"),
+        ({"target_id": "abc"}, "character id must be a positive whole number, got 'abc'"),
+        (
+            {"target_type": "corporation", "target_id": "98x"},
+            "corporation id must be a positive whole number, got '98x'",
+        ),
+        (
+            {"target_type": "region", "target_id": "0"},
+            "region id must be a positive whole number, got '0'",
+        ),
+        (
+            {"target_type": "ship_type", "from_date": "2024-03-01", "to_date": "2024-02-01"},
+            "to date 2024-02-01 is before from date 2024-03-01",
+        ),
+        ({"to_date": "2024-02-30"}, "to date must be a real date like 2023-01-01"),
         ({"limit": "500"}, "limit must be a whole number from 1 to 200, got 500"),
         ({"max_pages": "0"}, "max pages must be a whole number of at least 1, got 0"),
         ({"from_date": "2023-02-30"}, "from date must be a real date like 2023-01-01"),
@@ -204,20 +241,83 @@ def test_reenrich_needs_the_change_permission(django_user_model: Any):
 def test_add_job_rejects_bad_options_with_the_cli_message_and_creates_no_job(
     admin_client: Client, fields: dict[str, str], message: str
 ):
-    data = {"character_id": str(CHARACTER), "limit": "200", "skip_existing": "on", **fields}
-
-    response = admin_client.post(ADD_JOB, data)
+    response = admin_client.post(ADD_JOB, add_job_data(**fields))
 
     assert response.status_code == 200
-    assert message in response.content.decode().replace("&#x27;", "'")
+    assert page_text(response).count(message) == 1
+    assert len(response.context["adminform"].form.errors) == 1
     assert not BackfillJob.objects.exists()
+
+
+def test_add_job_offers_the_six_zkillboard_target_types(admin_client: Client):
+    form = admin_client.get(ADD_JOB).context["adminform"].form
+
+    assert [value for value, _ in form.fields["target_type"].choices] == [
+        "character",
+        "corporation",
+        "alliance",
+        "ship_type",
+        "solar_system",
+        "region",
+    ]
+    assert "to_date" in form.fields
+
+
+def test_add_job_refuses_an_unknown_target_type(admin_client: Client):
+    response = admin_client.post(ADD_JOB, add_job_data(target_type="history", target_id="0"))
+
+    assert list(response.context["adminform"].form.errors) == ["target_type"]
+    assert not BackfillJob.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_add_job_starts_a_corporation_backfill(admin_client: Client, fake: Any, world):
+    world.add_character(CHARACTER, 30, corporation_id=CORPORATION, alliance_id=ALLIANCE)
+    world.add_character(CHARACTER + 1, 12, corporation_id=CORPORATION, alliance_id=ALLIANCE)
+    world.add_character(CHARACTER + 2, 9)  # another corporation
+    data = add_job_data(target_type="corporation", target_id=str(CORPORATION), to_date="2026-12-31")
+
+    response = admin_client.post(ADD_JOB, data, follow=True)
+
+    assert response.redirect_chain[-1][0] == JOBS
+    job = BackfillJob.objects.get()
+    assert (job.target_type, job.target_id, str(job.to_date)) == (
+        "corporation",
+        CORPORATION,
+        "2026-12-31",
+    )
+    assert job.status == BackfillJob.Status.SUCCEEDED
+    expected = set(world.search(corporation_ids=(CORPORATION,)))
+    assert len(expected) == 42
+    assert set(Killmail.objects.values_list("killmail_id", flat=True)) == expected
+    assert job.stored == 42
+    page = job_page(admin_client, job)
+    for line in Plan.from_dict(job.plan).lines(planning.rates()):
+        assert line in page
+    assert "42 killmails over" in page
+    assert fake.stats()["violation_count"] == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_add_job_starts_a_ship_type_backfill(admin_client: Client, fake: Any, world):
+    world.add_character(CHARACTER, 60)
+    ship = world.body(world.killmail_ids(CHARACTER)[0])["victim"]["ship_type_id"]
+
+    admin_client.post(ADD_JOB, add_job_data(target_type="ship_type", target_id=str(ship)))
+
+    job = BackfillJob.objects.get()
+    assert (job.target_type, job.target_id, job.status) == ("ship_type", ship, "succeeded")
+    expected = set(world.search(ship_type_ids=(ship,)))
+    assert expected
+    assert set(Killmail.objects.values_list("killmail_id", flat=True)) == expected
+    assert fake.stats()["violation_count"] == 0
 
 
 @pytest.mark.django_db(transaction=True)
 def test_add_job_starts_a_backfill_of_any_character_id(admin_client: Client, fake: Any, world):
     world.add_character(CHARACTER, 30)
     assert not Character.objects.filter(id=CHARACTER).exists()
-    data = {"character_id": str(CHARACTER), "max_pages": "2", "limit": "10", "skip_existing": "on"}
+    data = add_job_data(max_pages="2", limit="10")
 
     response = admin_client.post(ADD_JOB, data, follow=True)
 
@@ -235,7 +335,7 @@ def test_starting_jobs_needs_the_start_backfill_permission(django_user_model: An
     )
 
     assert client.get(ADD_JOB).status_code == 403
-    client.post(ADD_JOB, {"character_id": str(CHARACTER), "limit": "200"})
+    client.post(ADD_JOB, add_job_data())
     assert not BackfillJob.objects.exists()
 
 
@@ -259,6 +359,22 @@ def test_job_list_shows_status_progress_counters_and_flower_links(
     assert 'href="http://flower.example:5555/task/abc-123-task"' in page
     filtered = admin_client.get(JOBS, {"status__exact": "queued"}).context["cl"].result_list
     assert list(filtered) == []
+
+
+def test_job_list_shows_the_target_in_words_with_its_name(admin_client: Client):
+    CorporationFactory(id=CORPORATION, name="Tuskers")
+    ItemType.objects.create(id=587, name="Rifter")
+    lifecycle.create_job(CORPORATION, target_type="corporation")
+    lifecycle.create_job(587, target_type="ship_type")
+    lifecycle.create_job(10000002, target_type="region")
+    lifecycle.create_history_job("2026-08-01", "2026-08-02")
+
+    page = page_text(admin_client.get(JOBS))
+
+    assert f"corporation {CORPORATION} (Tuskers)" in page
+    assert "ship type 587 (Rifter)" in page
+    assert "region 10000002" in page
+    assert "history 2026-08-01..2026-08-02" in page
 
 
 def test_flower_links_are_absent_without_flower_url(admin_client: Client, settings: Any):
@@ -323,6 +439,65 @@ def test_job_page_shows_its_failures(admin_client: Client):
     page = admin_client.get(reverse("admin:backfill_backfilljob_change", args=[job.pk]))
 
     assert "ESI: 422 wrong hash" in page.content.decode()
+
+
+def test_job_page_shows_the_plan_and_progress_by_source(admin_client: Client):
+    plan = Plan(
+        kind="scoped",
+        killmails=1234,
+        zkillboard_requests=9,
+        dump_downloads=31,
+        esi_calls=200,
+        months=[[202608, 1034], [202605, 200]],
+        dump_months=[202608],
+    )
+    job = lifecycle.create_job(CORPORATION, target_type="corporation", to_date="2026-09-01")
+    BackfillJob.objects.filter(pk=job.pk).update(
+        plan=plan.as_dict(),
+        pages_fetched=7,
+        dumps_fetched=12,
+        killmails_listed=1234,
+        bodies_from_page=3,
+        bodies_from_dump=1017,
+        bodies_from_esi=150,
+        stored=1170,
+    )
+
+    page = job_page(admin_client, job)
+
+    for line in plan.lines(planning.rates()):
+        assert line in page
+    assert "2026-08" in page  # the dense month
+    assert "7 pages fetched" in page
+    assert "12 day dumps fetched" in page
+    sources = page.split('class="backfill-sources"')[1].split("</table>")[0]
+    for cells in (["zKillboard", "7 pages", "3"], ["R2Z2", "12 day dumps", "1017"], ["ESI", "150"]):
+        assert all(f"<td>{cell}" in sources for cell in cells)
+    assert "Sept. 1, 2026" in page  # to_date
+    assert "backfill-days" not in page  # no days: no day table
+
+
+def test_job_page_lists_its_days_and_how_many_are_done(admin_client: Client):
+    job = lifecycle.create_history_job("2026-08-01", "2026-08-03")
+    done = datetime(2026, 9, 1, 12, tzinfo=UTC)
+    BackfillDay.objects.bulk_create(
+        [
+            BackfillDay(job=job, day=date(2026, 8, 1), count=500, stored=500, done_at=done),
+            BackfillDay(job=job, day=date(2026, 8, 2), count=700, stored=300),
+            BackfillDay(job=job, day=date(2026, 8, 3), count=600),
+        ]
+    )
+
+    page = job_page(admin_client, job)
+
+    assert "1 of 3 days done, 800 stored" in page
+    rows = page.split('class="backfill-days"')[1].split("</table>")[0]
+    assert rows.count("<tr>") == 4  # the head and three days
+    # Unfinished days first, newest first; then the done ones.
+    assert rows.index("2026-08-03") < rows.index("2026-08-02") < rows.index("2026-08-01")
+    assert "<td>2026-08-02</td><td>700</td><td>300</td><td>not yet</td>" in rows
+    assert "<td>2026-08-01</td><td>500</td><td>500</td><td>2026-09-01 12:00</td>" in rows
+    assert "Not planned yet." in page
 
 
 def test_resume_and_retry_need_the_start_backfill_permission(django_user_model: Any):
@@ -404,6 +579,139 @@ def test_backfill_character_needs_the_start_backfill_permission(django_user_mode
 
     assert "backfill_this_character" not in choices
     assert 'id="backfill-character-form"' not in response.content.decode()
+
+
+# -- "Backfill this corporation", "Backfill this alliance" -----------------------------------
+
+ENTITY_ACTIONS = [
+    ("corporation", CORPORATIONS, CorporationFactory),
+    ("alliance", ALLIANCES, AllianceFactory),
+]
+
+
+@pytest.mark.parametrize(("kind", "url", "factory"), ENTITY_ACTIONS)
+def test_backfill_entity_asks_for_the_options_first(admin_client: Client, kind, url, factory):
+    entity = factory()
+
+    response = action(admin_client, url, f"backfill_this_{kind}", [entity.id])
+
+    page = page_text(response)
+    assert f'id="backfill-{kind}-form"' in page
+    assert f"{entity.name} ({entity.id})" in page
+    assert 'name="to_date"' in page
+    assert f'name="action" value="backfill_this_{kind}"' in page
+    assert not BackfillJob.objects.exists()
+
+
+@pytest.mark.parametrize(("kind", "url", "factory"), ENTITY_ACTIONS)
+def test_backfill_entity_rejects_bad_options_and_starts_nothing(
+    admin_client: Client, kind, url, factory
+):
+    entity = factory()
+
+    response = action(
+        admin_client,
+        url,
+        f"backfill_this_{kind}",
+        [entity.id],
+        apply="Start backfill",
+        limit="200",
+        from_date="2024-05-01",
+        to_date="2024-04-30",
+    )
+
+    assert page_text(response).count("to date 2024-04-30 is before from date 2024-05-01") == 1
+    assert not BackfillJob.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(("kind", "url", "factory"), ENTITY_ACTIONS)
+def test_backfill_entity_starts_a_job_of_that_kind(
+    admin_client: Client, fake: Any, world, kind, url, factory
+):
+    entity = factory(id=CORPORATION if kind == "corporation" else ALLIANCE)
+    world.add_character(CHARACTER, 12, corporation_id=CORPORATION, alliance_id=ALLIANCE)
+    world.add_character(CHARACTER + 1, 5)  # another corporation and alliance
+
+    response = action(
+        admin_client,
+        url,
+        f"backfill_this_{kind}",
+        [entity.id],
+        apply="Start backfill",
+        limit="200",
+        skip_existing="on",
+    )
+
+    assert response.redirect_chain[-1][0] == JOBS
+    assert "Started 1 backfill jobs." in page_text(response)
+    job = BackfillJob.objects.get()
+    assert (job.target_type, job.target_id) == (kind, entity.id)
+    assert (job.status, job.stored) == ("succeeded", 12)
+    assert f"{kind} {entity.id} ({entity.name})" in page_text(response)
+    assert fake.stats()["violation_count"] == 0
+
+
+@pytest.mark.parametrize(("kind", "url", "factory"), ENTITY_ACTIONS)
+def test_backfill_entity_needs_the_start_backfill_permission(
+    django_user_model: Any, kind, url, factory
+):
+    entity = factory()
+    client = logged_in_client(
+        django_user_model, f"killboard.view_{kind}", f"killboard.change_{kind}"
+    )
+
+    choices = action_names(client, url)
+    response = action(client, url, f"backfill_this_{kind}", [entity.id], apply="Start backfill")
+
+    assert f"backfill_this_{kind}" not in choices
+    assert f'id="backfill-{kind}-form"' not in page_text(response)
+    assert not BackfillJob.objects.exists()
+
+
+def test_backfill_actions_are_offered_with_the_permission(django_user_model: Any):
+    client = logged_in_client(
+        django_user_model,
+        "killboard.view_corporation",
+        "killboard.view_alliance",
+        "backfill.start_backfill",
+    )
+
+    assert "backfill_this_corporation" in action_names(client, CORPORATIONS)
+    assert "backfill_this_alliance" in action_names(client, ALLIANCES)
+
+
+# -- day coverage ----------------------------------------------------------------------------
+
+
+def test_day_coverage_lists_days_and_is_read_only(admin_client: Client):
+    checked = datetime(2026, 9, 1, 6, tzinfo=UTC)
+    DayCoverage.objects.create(
+        day=date(2026, 8, 1), zkb_count=5321, stored_count=5321, complete=True, checked_at=checked
+    )
+    DayCoverage.objects.create(
+        day=date(2026, 8, 2), zkb_count=4870, stored_count=4012, checked_at=checked
+    )
+
+    response = admin_client.get(COVERAGE)
+    change = reverse("admin:backfill_daycoverage_change", args=["2026-08-02"])
+    delete = reverse("admin:backfill_daycoverage_delete", args=["2026-08-02"])
+
+    page = page_text(response)
+    assert [row.day for row in response.context["cl"].result_list] == [
+        date(2026, 8, 2),
+        date(2026, 8, 1),
+    ]
+    assert "Count by zKillboard" in page
+    assert '<td class="field-zkillboard_count">4870</td>' in page
+    assert '<td class="field-stored">4012</td>' in page
+    incomplete = admin_client.get(COVERAGE, {"complete__exact": "0"}).context["cl"].result_list
+    assert [row.day for row in incomplete] == [date(2026, 8, 2)]
+    assert 'name="_save"' not in page_text(admin_client.get(change))
+    assert admin_client.get(reverse("admin:backfill_daycoverage_add")).status_code == 403
+    assert admin_client.post(change, {"zkb_count": "1"}).status_code == 403
+    assert admin_client.post(delete, {"post": "yes"}).status_code == 403
+    assert DayCoverage.objects.get(day=date(2026, 8, 2)).zkb_count == 4870
 
 
 # -- API tokens ------------------------------------------------------------------------------

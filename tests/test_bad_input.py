@@ -125,7 +125,15 @@ def page_text(response: Any) -> str:
 def test_add_job_form_rejects_bad_options_and_creates_no_job(
     admin_client: Client, options, message
 ):
-    data = {"character_id": CHARACTER, "limit": "200", "skip_existing": "on", **options}
+    # The CLI's character id is the add form's target id, with the type "character".
+    options = {("target_id" if k == "character_id" else k): v for k, v in options.items()}
+    data = {
+        "target_type": "character",
+        "target_id": CHARACTER,
+        "limit": "200",
+        "skip_existing": "on",
+        **options,
+    }
 
     response = admin_client.post(ADD_JOB, data)
 
@@ -135,12 +143,12 @@ def test_add_job_form_rejects_bad_options_and_creates_no_job(
     assert not BackfillJob.objects.exists()
 
 
-def test_add_job_form_requires_a_character_id(admin_client: Client):
-    response = admin_client.post(ADD_JOB, {"character_id": "", "limit": "200"})
+def test_add_job_form_requires_a_target_id(admin_client: Client):
+    response = admin_client.post(
+        ADD_JOB, {"target_type": "character", "target_id": "", "limit": "200"}
+    )
 
-    assert response.context["adminform"].form.errors == {
-        "character_id": ["This field is required."]
-    }
+    assert response.context["adminform"].form.errors == {"target_id": ["This field is required."]}
     assert not BackfillJob.objects.exists()
 
 

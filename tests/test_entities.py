@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -58,13 +59,20 @@ def test_every_kind_has_an_admin() -> None:
 
 def test_a_detail_body_fills_its_fields_and_a_bad_value_becomes_empty() -> None:
     [corporation] = [entry for entry in DETAILED if entry.kind == "corporation"]
-    body = {"ticker": "X" * 20, "ceo_id": 90, "alliance_id": True, "name": "Corp"}
+    body = {
+        "ticker": "X" * 20,
+        "ceo_id": 90,
+        "alliance_id": True,
+        "name": "Corp",
+        "date_founded": "2015-03-01T12:00:00Z",
+    }
 
     assert corporation.detail_values(body) == {
         "ticker": "X" * 16,
         "ceo_id": 90,
         "alliance_id": None,
         "member_count": None,
+        "date_founded": datetime(2015, 3, 1, 12, tzinfo=UTC),
     }
 
 

@@ -1,5 +1,7 @@
 """Tests of the fake zKillboard and ESI: the rules it enforces and the data it serves.
 
+R2Z2's day dumps are tested with their client, in tests/test_r2z2.py.
+
 They talk to a real server on loopback with requests and need neither Django nor a database.
 
 Why one long module: it is the fake's whole contract, rule by rule, in one place.
@@ -13,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -23,7 +26,14 @@ import pytest
 import requests
 
 from fakeupstream.server import FakeUpstream
-from fakeupstream.world import SAMPLES_DIR, STRUCTURE_TYPES, World, killmail_time
+from fakeupstream.world import (
+    REGIONS,
+    SAMPLES_DIR,
+    SOLAR_SYSTEMS,
+    STRUCTURE_TYPES,
+    World,
+    killmail_time,
+)
 
 PILOT = 2117325769
 OTHER_PILOT = 95465499
@@ -79,6 +89,17 @@ def zkb_get(client: requests.Session, upstream: FakeUpstream, path: str) -> Any:
 def rules(upstream: FakeUpstream) -> list[str]:
     """Return the rules broken so far, in order."""
     return [v["rule"] for v in upstream.stats()["violations"]]
+
+
+def listing(client: requests.Session, upstream: FakeUpstream, path: str) -> list[int]:
+    """Every killmail id a filter path lists, walking its pages."""
+    ids: list[int] = []
+    for page in range(1, 101):
+        items = zkb_get(client, upstream, f"{path}page/{page}/")
+        ids += [item["killmail_id"] for item in items]
+        if len(items) < 200:
+            break
+    return ids
 
 
 def walk(value: Any) -> Iterator[Any]:
@@ -174,6 +195,34 @@ def test_zkb_object_has_the_keys_of_its_era(big_world: World) -> None:
         assert zkb["totalValue"] == pytest.approx(zkb["droppedValue"] + zkb["destroyedValue"])
 
 
+def test_every_solar_system_has_a_region() -> None:
+    assert set(REGIONS) == set(SOLAR_SYSTEMS)
+    assert REGIONS[30000142] == REGIONS[30000144] == 10000002
+    assert REGIONS[30002187] == 10000043
+
+
+def test_founding_dates_precede_every_killmail_of_tracked_members(world: World) -> None:
+    pilot = world.tracked_character(PILOT)
+    assert pilot is not None
+    assert pilot.alliance_id is not None
+    oldest = killmail_time(world.killmail_ids(PILOT)[-1])
+    corporation = world.corporation_details(pilot.corporation_id)
+    alliance = world.alliance_details(pilot.alliance_id)
+    assert corporation is not None
+    assert alliance is not None
+    for founded in (corporation["date_founded"], alliance["date_founded"]):
+        moment = datetime.strptime(founded, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+        assert oldest - timedelta(days=31) < moment < oldest
+
+
+def test_a_corporation_without_tracked_killmails_is_founded_in_2010(world: World) -> None:
+    body = world.body(world.killmail_ids(PILOT)[0])
+    filler = next(a["corporation_id"] for a in body["attackers"] if a.get("character_id") != PILOT)
+    details = world.corporation_details(filler)
+    assert details is not None
+    assert details["date_founded"] == "2010-01-01T12:00:00Z"
+
+
 # -- zKillboard -----------------------------------------------------------------------------
 
 
@@ -236,6 +285,133 @@ def test_killmails_under_five_minutes_old_are_withheld(client: requests.Session)
     assert listed == set(older)
     assert not listed & set(fresh)
     assert {i["killmail_id"] for i in recent} == set(older)
+
+
+def test_ship_type_filter_lists_victims_for_losses_and_attackers_for_kills(
+    upstream: FakeUpstream, client: requests.Session, world: World
+) -> None:
+    bodies = [world.body(i) for i in world.all_killmail_ids()]
+    flown = {b["killmail_id"]: {a.get("ship_type_id") for a in b["attackers"]} for b in bodies}
+    lost = Counter(b["victim"]["ship_type_id"] for b in bodies)
+    ship = max(lost, key=lambda t: min(lost[t], sum(t in f for f in flown.values())))
+    losses = [b["killmail_id"] for b in bodies if b["victim"]["ship_type_id"] == ship]
+    kills = [i for i, ships in flown.items() if ship in ships]
+    assert losses
+    assert kills
+    assert listing(client, upstream, f"shipTypeID/{ship}/losses/") == losses
+    assert listing(client, upstream, f"kills/shipTypeID/{ship}/") == kills
+    assert listing(client, upstream, f"shipTypeID/{ship}/") == sorted(
+        set(losses) | set(kills), reverse=True
+    )
+
+
+def test_solar_system_and_region_filters_list_the_killmails_there(
+    upstream: FakeUpstream, client: requests.Session, world: World
+) -> None:
+    bodies = [world.body(i) for i in world.all_killmail_ids()]
+    jita = [b["killmail_id"] for b in bodies if b["solar_system_id"] == 30000142]
+    forge = [b["killmail_id"] for b in bodies if b["solar_system_id"] in (30000142, 30000144)]
+    other = set(world.killmail_ids(OTHER_PILOT))
+    assert jita
+    assert len(forge) > len(jita)
+    assert listing(client, upstream, "solarSystemID/30000142/") == jita
+    assert listing(client, upstream, "solarSystemID/30000142/losses/") == jita
+    assert listing(client, upstream, "regionID/10000002/") == forge
+    assert listing(client, upstream, f"regionID/10000002/characterID/{OTHER_PILOT}/") == [
+        i for i in forge if i in other
+    ]
+    assert listing(client, upstream, "regionID/10000001/") == []
+
+
+def stats_get(client: requests.Session, upstream: FakeUpstream, path: str) -> Any:
+    return zkb_get(client, upstream, "stats/" + path)
+
+
+def months_total(stats: dict[str, Any]) -> int:
+    return sum(m["shipsDestroyed"] + m["shipsLost"] for m in stats["months"].values())
+
+
+def test_character_stats_count_kills_and_losses_by_month(
+    upstream: FakeUpstream, client: requests.Session, world: World
+) -> None:
+    stats = stats_get(client, upstream, f"characterID/{PILOT}/")
+    kills = listing(client, upstream, f"characterID/{PILOT}/kills/")
+    losses = listing(client, upstream, f"characterID/{PILOT}/losses/")
+    assert (stats["type"], stats["id"]) == ("characterID", PILOT)
+    assert (stats["shipsDestroyed"], stats["shipsLost"]) == (len(kills), len(losses))
+    assert months_total(stats) == len(world.killmail_ids(PILOT))
+    assert list(stats["months"]) == sorted(stats["months"])
+    by_month = Counter(killmail_time(i).strftime("%Y%m") for i in world.killmail_ids(PILOT))
+    for key, month in stats["months"].items():
+        assert key == f"{month['year']}{month['month']:02d}"
+        assert month["shipsDestroyed"] + month["shipsLost"] == by_month[key]
+    assert upstream.stats()["zkb_stats"] == 1
+
+
+def test_corporation_listing_counts_destroyed_plus_lost(
+    upstream: FakeUpstream, client: requests.Session, world: World
+) -> None:
+    pilot = world.tracked_character(PILOT)
+    assert pilot is not None
+    stats = stats_get(client, upstream, f"corporationID/{pilot.corporation_id}/")
+    listed = listing(client, upstream, f"corporationID/{pilot.corporation_id}/")
+    assert len(listed) == stats["shipsDestroyed"] + stats["shipsLost"] == months_total(stats)
+
+
+def test_place_stats_count_every_killmail_as_destroyed(
+    upstream: FakeUpstream, client: requests.Session
+) -> None:
+    for path in ("regionID/10000002/", "solarSystemID/30002187/"):
+        stats = stats_get(client, upstream, path)
+        assert stats["shipsLost"] == 0
+        assert stats["shipsDestroyed"] == len(listing(client, upstream, path)) > 0
+
+
+def test_ship_type_stats_count_attackers_and_victims(
+    upstream: FakeUpstream, client: requests.Session
+) -> None:
+    stats = stats_get(client, upstream, "shipTypeID/670/")
+    assert stats["shipsLost"] == len(listing(client, upstream, "shipTypeID/670/losses/")) > 0
+    assert stats["shipsDestroyed"] == len(listing(client, upstream, "shipTypeID/670/kills/"))
+
+
+def test_stats_of_an_unknown_id_are_zero(upstream: FakeUpstream, client: requests.Session) -> None:
+    stats = stats_get(client, upstream, f"characterID/{STRANGER}/")
+    assert stats == {
+        "type": "characterID",
+        "id": STRANGER,
+        "shipsDestroyed": 0,
+        "shipsLost": 0,
+        "months": {},
+    }
+
+
+def test_stats_leave_out_killmails_under_five_minutes_old(client: requests.Session) -> None:
+    world = World(seed=2)
+    world.add_character(PILOT, 3, newest=datetime.now(UTC), days=0)
+    world.add_character(PILOT, 4, newest=datetime.now(UTC) - timedelta(hours=1), days=0)
+    with FakeUpstream(world, zkb_rate=FAST) as upstream:
+        stats = stats_get(client, upstream, f"characterID/{PILOT}/")
+    assert stats["shipsDestroyed"] + stats["shipsLost"] == months_total(stats) == 4
+
+
+def test_bad_stats_paths_are_errors(upstream: FakeUpstream, client: requests.Session) -> None:
+    for path in ("flavourID/1/", "characterID/", f"characterID/{PILOT}/page/2/", "characterID/x/"):
+        assert "error" in stats_get(client, upstream, path), path
+    assert upstream.stats()["violation_count"] == 0
+    assert "error" in stats_get(client, upstream, f"characterID/{PILOT}")
+    assert rules(upstream) == ["zkb_trailing_slash"]
+
+
+def test_stats_share_the_zkillboard_rate(world: World, client: requests.Session) -> None:
+    with FakeUpstream(world, zkb_rate=1.0) as upstream:
+        statuses = [
+            client.get(upstream.zkb_url + path, timeout=10).status_code
+            for path in (f"characterID/{PILOT}/", f"stats/characterID/{PILOT}/") * 2
+        ]
+    assert statuses[:2] == [200, 200]
+    assert 429 in statuses[2:]
+    assert rules(upstream)[0] == "zkb_rate"
 
 
 def test_page_beyond_100_is_an_error_but_not_a_violation(
@@ -646,6 +822,7 @@ def test_control_endpoints_configure_and_report(
 def test_main_prints_its_urls_and_stops_on_sigterm() -> None:
     command = [sys.executable, "-m", "fakeupstream", "--port", "0"]
     command += ["--character", f"{PILOT}:250", "--item-shape", "mixed", "--zkb-rate", "100"]
+    command += ["--raw-since", "2026-08-01"]
     project = Path(__file__).resolve().parent.parent
     env = {**os.environ, "PYTHONPATH": str(project)}
     process = subprocess.Popen(command, cwd=project, env=env, stdout=subprocess.PIPE, text=True)
@@ -654,6 +831,10 @@ def test_main_prints_its_urls_and_stops_on_sigterm() -> None:
         urls = json.loads(process.stdout.readline())
         response = requests.get(urls["zkb_url"] + f"characterID/{PILOT}/", headers=GOOD_HEADERS)
         assert len(response.json()) == 200
+        totals = requests.get(urls["r2z2_url"] + "history/totals.json", headers=GOOD_HEADERS)
+        assert sum(totals.json().values()) == 250
+        config = requests.get(urls["url"] + "/_fake/config").json()
+        assert config["raw_since"] == "2026-08-01"
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=10) == 0

@@ -9,20 +9,23 @@ Every test ends by comparing what was stored with what the upstream holds, row f
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from collections.abc import Iterator
+from datetime import UTC, date, datetime
 from typing import Any
 
 import pytest
 from django.db import connection
 
-from backfill.models import BackfillJob, FailedKillmail, PendingKillmail
+from backfill.models import BackfillDay, BackfillJob, FailedKillmail, PendingKillmail
 from config.queues import BACKFILL_QUEUES
 from killboard.models import Killmail
 from tests.workers import (
     all_finished,
     expected_rows,
+    manage,
     purge_queues,
     queue_backfill,
     require_services,
@@ -206,3 +209,36 @@ def test_concurrent_backfills_of_characters_sharing_killmails_store_each_once(fa
     assert sum(job.stored for job in done) == len(ids) == 2300
     assert_stored_exactly_once(world, ids)
     assert fake.stats()["violation_count"] == 0
+
+
+def test_a_worker_killed_in_the_middle_of_a_day_costs_that_day_a_download(fake, world):
+    # Two UTC days of about 3,000 killmails each, with raw dumps: stored 1,000 at a time.
+    newest = datetime(2026, 8, 31, 23, 59, tzinfo=UTC)
+    world.add_character(CHARACTER, 6000, newest=newest, days=2)
+    ids = world.killmail_ids_on(date(2026, 8, 30)) + world.killmail_ids_on(date(2026, 8, 31))
+    env = service_env(fake, BACKFILL_LEASE_SECONDS="10")
+
+    def day_half_done() -> bool:
+        return BackfillDay.objects.filter(done_at=None, stored__gt=0).exists()
+
+    with running_workers(env, count=1, queues=WORKER_QUEUES) as workers:
+        queued = manage(
+            env, "backfill_history", "--from-date", "2026-08-30", "--to-date", "2026-08-31",
+            "--json",
+        )  # fmt: skip
+        assert queued.returncode == 0, queued.stderr[-2000:]
+        wait_for(day_half_done, timeout=120)
+        workers.kill(workers.processes[0])
+        killed_mid_day = day_half_done()
+        workers.start()
+        wait_for(all_finished, timeout=300)
+
+    job = BackfillJob.objects.get(pk=json.loads(queued.stdout)["job"])
+    assert killed_mid_day
+    assert job.status == BackfillJob.Status.SUCCEEDED, job.last_error
+    # Counted once each, though part of a day was stored before the kill.
+    assert (job.killmails_listed, job.stored, job.already_stored) == (len(ids), len(ids), 0)
+    assert job.bodies_from_esi == 0
+    assert_stored_exactly_once(world, ids)
+    assert fake.stats()["r2z2_raw"] == 3  # the killed day's raw dump, once more
+    assert fake.stats()["violations"] == []

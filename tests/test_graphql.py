@@ -1,4 +1,5 @@
-"""The GraphQL API: authentication, CSRF, the original mutation, queries and their limits."""
+"""The GraphQL API: authentication, CSRF, the original mutation and `startBackfill`, queries
+and their limits."""
 
 from __future__ import annotations
 
@@ -11,16 +12,20 @@ from django.test import Client
 
 from api.models import ApiToken
 from api.schema import MAX_KILLMAILS_PAGE
-from backfill import lifecycle
+from backfill import lifecycle, planning
 from backfill.models import BackfillJob
+from backfill.planner import Plan
+from fakeupstream.world import REGIONS
 from killboard.ingest import ingest_killmails
-from killboard.models import Character, ItemType, SolarSystem
+from killboard.models import Character, ItemType, Killmail, SolarSystem
 from tests.factories import KillmailFactory
 
 pytestmark = pytest.mark.django_db
 
 URL = "/graphql/"
 CHARACTER = 2117325769
+CORPORATION = 98000001
+ALLIANCE = 99000001
 # The original system's mutation, exactly as its users send it.
 ORIGINAL_MUTATION = """
 mutation {
@@ -40,6 +45,20 @@ mutation {
 START = """
 mutation Start($input: StartKillmailBackfillInput!) {
   startKillmailBackfill(input: $input) { success message queuedAt job { id status } }
+}
+"""
+START_ANY = """
+mutation Start($input: StartBackfillInput!) {
+  startBackfill(input: $input) {
+    success
+    message
+    queuedAt
+    job {
+      id status targetType targetId toDate plan
+      killmailsListed stored pagesFetched dumpsFetched
+      bodiesFromPage bodiesFromDump bodiesFromEsi skippedNewer
+    }
+  }
 }
 """
 KILLMAILS = """
@@ -244,6 +263,115 @@ def test_a_token_with_the_permission_starts_a_backfill(
     assert BackfillJob.objects.get().stored == 3
 
 
+def stored_ids() -> set[int]:
+    return set(Killmail.objects.values_list("killmail_id", flat=True))
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("target_type", ["CORPORATION", "ALLIANCE", "REGION"])
+def test_start_backfill_runs_a_backfill_of_the_target_to_success(
+    admin_client: Client, fake: Any, world: Any, target_type: str
+):
+    world.add_character(CHARACTER, 40, corporation_id=CORPORATION, alliance_id=ALLIANCE)
+    world.add_character(CHARACTER + 1, 15)  # another corporation and alliance
+    region = REGIONS[world.body(world.killmail_ids(CHARACTER)[0])["solar_system_id"]]
+    target_id, search, words = {
+        "CORPORATION": (CORPORATION, {"corporation_ids": (CORPORATION,)}, "corporation"),
+        "ALLIANCE": (ALLIANCE, {"alliance_ids": (ALLIANCE,)}, "alliance"),
+        "REGION": (region, {"region_ids": (region,)}, "region"),
+    }[target_type]
+    options = {"toDate": "2026-12-31", "limit": 200}
+    variables = {"input": {"targetType": target_type, "targetId": target_id, "options": options}}
+
+    result = graphql(admin_client, START_ANY, variables).json()
+
+    assert "errors" not in result
+    payload = result["data"]["startBackfill"]
+    job = BackfillJob.objects.get()
+    expected = set(world.search(**search))
+    assert expected
+    assert stored_ids() == expected
+    assert payload["success"] is True
+    assert payload["message"] == f"Backfill #{job.pk} of {words} {target_id} queued."
+    reported = payload["job"]
+    assert reported["status"] == "succeeded"
+    assert (reported["targetType"], reported["targetId"]) == (words, target_id)
+    assert reported["toDate"] == "2026-12-31"
+    assert reported["killmailsListed"] == reported["stored"] == len(expected)
+    assert reported["pagesFetched"] >= 1
+    sources = ("bodiesFromPage", "bodiesFromDump", "bodiesFromEsi")
+    assert sum(reported[name] for name in sources) == len(expected)
+    assert (reported["dumpsFetched"], reported["skippedNewer"]) == (0, 0)
+    assert reported["plan"] == Plan.from_dict(job.plan).lines(planning.rates())
+    assert f"{len(expected)} killmails over" in reported["plan"][0]
+    assert fake.stats()["violation_count"] == 0
+
+
+@pytest.mark.parametrize(
+    ("variables", "message"),
+    [
+        (
+            {
+                "targetType": "CORPORATION",
+                "targetId": CORPORATION,
+                "options": {"fromDate": "2024-03-01", "toDate": "2024-02-01"},
+            },
+            "to date 2024-02-01 is before from date 2024-03-01",
+        ),
+        (
+            {"targetType": "REGION", "targetId": 0},
+            "region id must be a positive whole number, got 0",
+        ),
+        (
+            {"targetType": "SOLAR_SYSTEM", "targetId": -30000142},
+            "solar system id must be a positive whole number, got -30000142",
+        ),
+        (
+            {"targetType": "SHIP_TYPE", "targetId": 587, "options": {"toDate": "2024-02-30"}},
+            "to date must be a real date like 2023-01-01, got '2024-02-30'",
+        ),
+        (
+            {"targetType": "ALLIANCE", "targetId": ALLIANCE, "options": {"limit": 0}},
+            "limit must be a whole number from 1 to 200, got 0",
+        ),
+    ],
+)
+def test_start_backfill_refuses_bad_input_and_creates_nothing(
+    admin_client: Client, variables: dict[str, Any], message: str
+):
+    result = graphql(admin_client, START_ANY, {"input": variables}).json()
+
+    assert result["data"]["startBackfill"] == {
+        "success": False,
+        "message": message,
+        "queuedAt": None,
+        "job": None,
+    }
+    assert not BackfillJob.objects.exists()
+
+
+@pytest.mark.parametrize("target_type", ["HISTORY", "corporation", "GALAXY"])
+def test_start_backfill_refuses_an_unknown_target_type(admin_client: Client, target_type: str):
+    variables = {"input": {"targetType": target_type, "targetId": CORPORATION}}
+
+    result = graphql(admin_client, START_ANY, variables).json()
+
+    assert result["data"] is None
+    assert "BackfillTargetType" in result["errors"][0]["message"]
+    assert not BackfillJob.objects.exists()
+
+
+def test_start_backfill_needs_the_start_backfill_permission(django_user_model: Any):
+    client = session(user_with(django_user_model, "backfill.view_backfilljob"))
+    variables = {"input": {"targetType": "CORPORATION", "targetId": CORPORATION}}
+
+    result = graphql(client, START_ANY, variables).json()
+
+    assert result["data"] is None
+    assert "permission to start backfills" in result["errors"][0]["message"]
+    assert not BackfillJob.objects.exists()
+
+
 # -- queries ---------------------------------------------------------------------------------
 
 
@@ -274,6 +402,35 @@ def test_jobs_query_shows_status_counters_and_progress(admin_client: Client):
             }
         ],
     }
+
+
+def test_jobs_query_shows_the_plan_dates_and_day_dump_counters(admin_client: Client):
+    plan = Plan(kind="scoped", killmails=300, zkillboard_requests=3, months=[[202608, 300]])
+    job = lifecycle.create_job(
+        CORPORATION, target_type="corporation", from_date="2026-08-01", to_date="2026-08-31"
+    )
+    BackfillJob.objects.filter(pk=job.pk).update(
+        plan=plan.as_dict(), dumps_fetched=4, bodies_from_dump=250, skipped_newer=7
+    )
+    unplanned = lifecycle.create_job(ALLIANCE, target_type="alliance")
+    query = """query Job($id: ID!) { backfillJob(id: $id) {
+        targetType targetId fromDate toDate plan dumpsFetched bodiesFromDump skippedNewer
+    } }"""
+
+    planned = graphql(admin_client, query, {"id": str(job.pk)}).json()["data"]["backfillJob"]
+    empty = graphql(admin_client, query, {"id": str(unplanned.pk)}).json()["data"]["backfillJob"]
+
+    assert planned == {
+        "targetType": "corporation",
+        "targetId": CORPORATION,
+        "fromDate": "2026-08-01",
+        "toDate": "2026-08-31",
+        "plan": plan.lines(planning.rates()),
+        "dumpsFetched": 4,
+        "bodiesFromDump": 250,
+        "skippedNewer": 7,
+    }
+    assert (empty["plan"], empty["toDate"]) == ([], None)
 
 
 def test_killmails_query_resolves_names_in_a_few_queries(

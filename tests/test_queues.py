@@ -40,5 +40,5 @@ def test_worker_command_consumes_the_given_queues_on_this_interpreter():
     command = worker_command("test0@%h", BACKFILL_QUEUES, concurrency=3)
 
     assert command[:6] == [sys.executable, "-m", "celery", "-A", "config", "worker"]
-    assert command[command.index("-Q") + 1] == "zkillboard_backfill,esi_killmail"
+    assert command[command.index("-Q") + 1] == "zkillboard_backfill,esi_killmail,r2z2_history"
     assert command[command.index("-c") + 1] == "3"

@@ -98,7 +98,12 @@ def action(name: str, *ids: int, **extra: str) -> dict[str, Any]:
 WRITE_PATHS: dict[str, tuple[str, Any]] = {
     "add a backfill job": (
         ADD_JOB,
-        lambda rows: {"character_id": "90000001", "limit": "200", "skip_existing": "on"},
+        lambda rows: {
+            "target_type": "character",
+            "target_id": "90000001",
+            "limit": "200",
+            "skip_existing": "on",
+        },
     ),
     "cancel jobs": (JOBS, lambda rows: action("cancel", rows["queued"])),
     "resume jobs": (JOBS, lambda rows: action("resume", rows["cancelled"])),

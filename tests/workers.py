@@ -88,6 +88,7 @@ def service_env(fake: Any, **extra: str) -> dict[str, str]:
         "CELERY_BROKER_URL": broker_url(),
         "ZKILLBOARD_API_URL": fake.zkb_url,
         "ESI_URL": fake.esi_url,
+        "R2Z2_URL": fake.r2z2_url,
         "EVE_CONTACT": "tests@example.com",
         "PYTHONPATH": str(ROOT),
         **extra,

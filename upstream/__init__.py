@@ -5,8 +5,8 @@
   (permanent), blocked. Each client's own exceptions subclass these kinds.
 - `limiter`: the `Limiter` protocol the clients take their request slots from, the cap on
   waits an upstream names, and how long a call may wait inline.
-- `zkillboard`, `esi`: one client per upstream; the R2Z2 client (day dumps, live feed) will
-  live here too.
+- `zkillboard`, `esi`, `r2z2`: one client per upstream (zKillboard's pages and statistics,
+  ESI, R2Z2's day dumps; R2Z2's live feed belongs in `r2z2` too).
 - `clients`: the clients as this deployment runs them, built from the Django settings; the
   only module here that reads settings.
 

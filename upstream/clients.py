@@ -2,7 +2,7 @@
 
 The only module of `upstream` that reads settings. The shared limiter is an argument (it is a
 database row in `killboard.ratelimit`, and `upstream` imports no app), so the apps call
-`esi_client(ratelimit)`. One wait policy for both upstreams: in-process (no broker, the
+`esi_client(ratelimit)`. One wait policy for every upstream: in-process (no broker, the
 embedded default) there is no retry queue, so a call waits as long as the upstream asks; on a
 worker it waits `WORKER_MAX_WAIT` at most, then raises `RateLimited` and the task retries.
 """
@@ -15,6 +15,7 @@ from django.conf import settings
 
 from upstream.esi import EsiClient
 from upstream.limiter import EMBEDDED_MAX_WAIT, WORKER_MAX_WAIT, Limiter
+from upstream.r2z2 import R2z2Client
 from upstream.zkillboard import ZkillboardClient
 
 
@@ -40,6 +41,17 @@ def esi_client(limiter: Limiter) -> EsiClient:
     return _esi(settings.ESI_URL, settings.EVE_CONTACT, limiter, _max_wait())
 
 
+def r2z2_client(limiter: Limiter) -> R2z2Client:
+    """The process's R2Z2 client for settings.R2Z2_URL (one session)."""
+    return _r2z2(
+        settings.R2Z2_URL,
+        settings.EVE_CONTACT,
+        settings.R2Z2_REQUESTS_PER_SECOND,
+        limiter,
+        _max_wait(),
+    )
+
+
 @functools.lru_cache(maxsize=4)
 def _zkillboard(
     url: str, contact: str, rate: float, limiter: Limiter, max_wait: float
@@ -50,3 +62,8 @@ def _zkillboard(
 @functools.lru_cache(maxsize=4)
 def _esi(url: str, contact: str, limiter: Limiter, max_wait: float) -> EsiClient:
     return EsiClient(url, contact, limiter, max_wait=max_wait)
+
+
+@functools.lru_cache(maxsize=4)
+def _r2z2(url: str, contact: str, rate: float, limiter: Limiter, max_wait: float) -> R2z2Client:
+    return R2z2Client(url, contact, rate, limiter, max_wait)

@@ -6,6 +6,10 @@ rate (wait as long as it says), and a redirect to /api/blocked.json once a clien
 too many errors (stop). Every request first takes a slot of the deployment-wide limiter.
 Its errors are the kinds of `upstream.errors`, under zKillboard's names.
 
+Statistics (`stats/{filter}/{id}/`) tell in one request how many killmails a target has and
+how they spread over months; they are read liberally (a missing or odd count is 0, an odd
+month is skipped), since they only size a plan.
+
 A page item's hash is passed on only when it is 40 lowercase hex digits, else as "", so one
 bad item cannot fail its whole page forever: the caller records it if it came without a body.
 """
@@ -30,6 +34,15 @@ TIMEOUT = (5.0, 30.0)
 # Seconds to wait when a 429 comes without a usable Retry-After.
 DEFAULT_RETRY_AFTER = 10.0
 LIMIT_NAME = "zkillboard"
+# Target types (as jobs name them) -> zKillboard's filter segments.
+FILTERS = {
+    "character": "characterID",
+    "corporation": "corporationID",
+    "alliance": "allianceID",
+    "ship_type": "shipTypeID",
+    "solar_system": "solarSystemID",
+    "region": "regionID",
+}
 
 
 class ZkillboardError(UpstreamError):
@@ -67,12 +80,73 @@ class PageItem:
         return {**self.body, "zkb": self.zkb}
 
 
+@dataclass(frozen=True)
+class TargetStats:
+    """A target's zKillboard statistics: killmails destroyed and lost, and per month."""
+
+    destroyed: int
+    lost: int
+    months: dict[tuple[int, int], int]  # (year, month) -> shipsDestroyed + shipsLost
+
+    @property
+    def total(self) -> int:
+        """Killmails destroyed plus lost."""
+        return self.destroyed + self.lost
+
+
+def target_filter(target_type: str) -> str:
+    """zKillboard's filter segment for a target type, like "characterID" for "character"."""
+    try:
+        return FILTERS[target_type]
+    except KeyError:
+        raise ValueError(f"unknown zKillboard target type {target_type!r}") from None
+
+
 def page_path(target_type: str, target_id: int, page: int, year: int = 0, month: int = 0) -> str:
     """The API path of one page, e.g. `characterID/90/year/2019/month/5/page/2/`."""
-    path = f"{target_type}ID/{target_id}/"
+    path = f"{target_filter(target_type)}/{target_id}/"
     if year:
         path += f"year/{year}/month/{month}/"
     return path + f"page/{page}/"
+
+
+def stats_path(target_type: str, target_id: int) -> str:
+    """The API path of a target's statistics, e.g. `stats/characterID/90/`."""
+    return f"stats/{target_filter(target_type)}/{target_id}/"
+
+
+def parse_stats(data: Any, path: str = "stats") -> TargetStats:
+    """Read a statistics answer liberally: odd counts are 0, odd months are skipped.
+
+    `[]` and `null` (what an unknown entity may get) are no statistics; any other answer that
+    is not an object is `ZkillboardUnavailable`.
+    """
+    if data is None or data == []:
+        return TargetStats(0, 0, {})
+    if not isinstance(data, dict):
+        raise ZkillboardUnavailable(f"{path}: expected an object, got {type(data).__name__}")
+    months: dict[tuple[int, int], int] = {}
+    raw_months = data.get("months")
+    for key, month in raw_months.items() if isinstance(raw_months, dict) else ():
+        when = _month_key(key)
+        if when is None or not isinstance(month, dict):
+            logger.debug("Skipped statistics month %.20r", key)
+            continue
+        months[when] = _count(month, "shipsDestroyed") + _count(month, "shipsLost")
+    return TargetStats(_count(data, "shipsDestroyed"), _count(data, "shipsLost"), months)
+
+
+def _count(data: dict[str, Any], key: str) -> int:
+    value = data.get(key)
+    return value if type(value) is int and value >= 0 else 0
+
+
+def _month_key(key: Any) -> tuple[int, int] | None:
+    """(year, month) of a "YYYYMM" key, or None."""
+    if not (isinstance(key, str) and len(key) == 6 and key.isascii() and key.isdigit()):
+        return None
+    year, month = int(key[:4]), int(key[4:])
+    return (year, month) if 1 <= month <= 12 else None
 
 
 def _item(raw: Any) -> PageItem:
@@ -117,6 +191,21 @@ class ZkillboardClient:
     ) -> list[PageItem]:
         """One page of killmails, newest first; fewer than 200 items means the last page."""
         path = page_path(target_type, target_id, page, year, month)
+        data = self._get(path)
+        if not isinstance(data, list):
+            raise ZkillboardUnavailable(f"{path}: expected a list, got {type(data).__name__}")
+        return [_item(raw) for raw in data]
+
+    def stats(self, target_type: str, target_id: int) -> TargetStats:
+        """A target's statistics: killmails destroyed and lost, in total and per month.
+
+        An unknown id has zeros and no months.
+        """
+        path = stats_path(target_type, target_id)
+        return parse_stats(self._get(path), path)
+
+    def _get(self, path: str) -> Any:
+        """The decoded JSON answer of a path, after a slot of the shared rate."""
         self.limiter.acquire(LIMIT_NAME, self.interval, self.max_wait)
         try:
             response = self.session.get(self.base_url + path, allow_redirects=False)
@@ -124,7 +213,7 @@ class ZkillboardClient:
             raise ZkillboardUnavailable(f"{path}: {exc}") from exc
         return self._parse(path, response)
 
-    def _parse(self, path: str, response: requests.Response) -> list[PageItem]:
+    def _parse(self, path: str, response: requests.Response) -> Any:
         if response.is_redirect:
             location = response.headers.get("Location", "")
             if "blocked" in location:
@@ -145,9 +234,7 @@ class ZkillboardClient:
             raise ZkillboardUnavailable(f"{path}: the answer is not JSON") from exc
         if isinstance(data, dict) and "error" in data:
             raise ZkillboardRejected(f"{path}: zKillboard says {data['error']!r}")
-        if not isinstance(data, list):
-            raise ZkillboardUnavailable(f"{path}: expected a list, got {type(data).__name__}")
-        return [_item(raw) for raw in data]
+        return data
 
 
 def _retry_after(response: requests.Response) -> float:

@@ -1,0 +1,193 @@
+"""The R2Z2 client (zKillboard's static host): one session, one timeout, the shared rate.
+
+Day dumps live under `history/`: `totals.json` (killmails per UTC day), `YYYYMMDD.json` (the
+day's ids and hashes) and, since 2026-07, `raw/YYYYMMDD.json` (the day's ESI bodies, tens of
+MB: streamed, never loaded whole). A 404 means "not there": the current day is not dumped
+yet, and a day without a raw dump takes its bodies from ESI. R2Z2 allows 15 requests a
+second per IP; every request first takes a slot of the deployment-wide limiter, and a 429
+blocks every process for the capped Retry-After.
+
+The parsing is liberal where one bad entry must not fail a whole day: entries that are not
+what they should be are skipped and logged; the caller checks the hashes it keeps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from datetime import date, datetime
+from typing import IO, Any
+
+import requests
+import urllib3
+
+from upstream.errors import RateLimited, Rejected, Unavailable, UpstreamError
+from upstream.http import Timeout, new_session, root_url
+from upstream.limiter import WORKER_MAX_WAIT, Limiter, capped_wait
+
+logger = logging.getLogger(__name__)
+
+# Seconds to connect and to wait for each read; a raw day streams for longer than this.
+TIMEOUT = (5.0, 60.0)
+# Seconds to wait when a 429 comes without a usable Retry-After.
+DEFAULT_RETRY_AFTER = 10.0
+LIMIT_NAME = "r2z2"
+
+
+class R2z2Error(UpstreamError):
+    """Any failure talking to R2Z2."""
+
+
+class R2z2Unavailable(R2z2Error, Unavailable):
+    """A transient failure (network, 5xx, an answer that is not JSON): retry with backoff."""
+
+
+class R2z2Rejected(R2z2Error, Rejected):
+    """A 4xx other than 404 and 429: permanent for this request, never retried."""
+
+
+def day_name(day: date) -> str:
+    """A day's file name in the dumps, like `20260715.json`."""
+    return f"{day:%Y%m%d}.json"
+
+
+def parse_totals(data: Any) -> dict[date, int]:
+    """`{"YYYYMMDD": count}` as {day: count}, ascending; bad entries are skipped (logged)."""
+    if not isinstance(data, dict):
+        raise R2z2Unavailable(f"totals.json: expected an object, got {type(data).__name__}")
+    totals: dict[date, int] = {}
+    skipped = []
+    for key, count in data.items():
+        day = _day(key)
+        if day is None or type(count) is not int or count < 0:
+            skipped.append(key)
+            continue
+        totals[day] = count
+    if skipped:
+        logger.warning("Skipped %d bad totals.json entries, like %.40r", len(skipped), skipped[0])
+    return dict(sorted(totals.items()))
+
+
+def parse_day(day: date, data: Any) -> dict[int, str]:
+    """`{"<killmail_id>": "<hash>"}` as {id: hash}, ids ascending; bad entries are skipped."""
+    if isinstance(data, list) and not data:
+        return {}  # an empty object may come as []
+    if not isinstance(data, dict):
+        raise R2z2Unavailable(f"{day_name(day)}: expected an object, got {type(data).__name__}")
+    hashes: dict[int, str] = {}
+    skipped = []
+    for key, killmail_hash in data.items():
+        if not (key.isascii() and key.isdigit()) or not isinstance(killmail_hash, str):
+            skipped.append(key)
+            continue
+        hashes[int(key)] = killmail_hash
+    if skipped:
+        logger.warning(
+            "Skipped %d bad entries of day %s, like %.40r", len(skipped), day, skipped[0]
+        )
+    return dict(sorted(hashes.items()))
+
+
+def _day(key: str) -> date | None:
+    if len(key) != 8 or not (key.isascii() and key.isdigit()):
+        return None
+    try:
+        return datetime.strptime(key, "%Y%m%d").date()
+    except ValueError:
+        return None
+
+
+class R2z2Client:
+    """Reads R2Z2's day dumps within the deployment-wide request rate."""
+
+    def __init__(
+        self,
+        base_url: str,
+        contact: str,
+        requests_per_second: float,
+        limiter: Limiter,
+        max_wait: float = WORKER_MAX_WAIT,
+        timeout: Timeout = TIMEOUT,
+    ) -> None:
+        """Prepare a client for `base_url` (like https://r2z2.zkillboard.com/).
+
+        A call waits inline at most `max_wait` seconds for a blocked slot, else `RateLimited`.
+        """
+        self.base_url = root_url(base_url)
+        self.interval = 1.0 / requests_per_second
+        self.limiter = limiter
+        self.max_wait = max_wait
+        self.session = new_session(contact, timeout)
+
+    def totals(self) -> dict[date, int]:
+        """Killmails per UTC day, for every dumped day (the current day is not), ascending."""
+        data = self._get_json("history/totals.json")
+        if data is None:
+            raise R2z2Unavailable("history/totals.json: HTTP 404")
+        return parse_totals(data)
+
+    def day(self, day: date) -> dict[int, str] | None:
+        """One UTC day's {killmail_id: hash}, ids ascending; None when it is not dumped yet."""
+        data = self._get_json("history/" + day_name(day))
+        return None if data is None else parse_day(day, data)
+
+    @contextlib.contextmanager
+    def raw_day(self, day: date) -> Iterator[IO[bytes] | None]:
+        """One UTC day's `{"<killmail_id>": <ESI body>}` as a decompressed binary stream.
+
+        Yields None when the day has no raw dump (404). The answer is read as the caller
+        reads the stream, never whole, and the connection is closed on leaving the block. A
+        connection that breaks while the block reads raises `R2z2Unavailable`.
+        """
+        path = "history/raw/" + day_name(day)
+        response = self._send(path, stream=True)
+        try:
+            if not self._checked(path, response):
+                yield None
+                return
+            if "html" in response.headers.get("Content-Type", "").lower():
+                raise R2z2Unavailable(f"{path}: the answer is an HTML page, not JSON")
+            response.raw.decode_content = True
+            # urllib3 closes a body read to its end; the reader above it may look once more.
+            response.raw.auto_close = False
+            yield response.raw
+        except (urllib3.exceptions.HTTPError, requests.RequestException) as exc:
+            raise R2z2Unavailable(f"{path}: {exc}") from exc
+        finally:
+            response.close()
+
+    def _get_json(self, path: str) -> Any:
+        """The decoded JSON of a path, or None on 404."""
+        response = self._send(path)
+        if not self._checked(path, response):
+            return None
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise R2z2Unavailable(f"{path}: the answer is not JSON") from exc
+
+    def _send(self, path: str, *, stream: bool = False) -> requests.Response:
+        self.limiter.acquire(LIMIT_NAME, self.interval, self.max_wait)
+        try:
+            return self.session.get(self.base_url + path, stream=stream)
+        except requests.RequestException as exc:
+            raise R2z2Unavailable(f"{path}: {exc}") from exc
+
+    def _checked(self, path: str, response: requests.Response) -> bool:
+        """True for a 200, False for a 404; raise for anything else (the response closed)."""
+        status = response.status_code
+        if status == 200:
+            return True
+        response.close()
+        if status == 404:
+            return False
+        if status == 429:
+            retry_after = max(
+                1.0, capped_wait(response.headers.get("Retry-After"), DEFAULT_RETRY_AFTER)
+            )
+            self.limiter.block(LIMIT_NAME, retry_after)
+            raise RateLimited(retry_after, "R2Z2 answered 429")
+        if 400 <= status < 500:
+            raise R2z2Rejected(f"{path}: HTTP {status}", status)
+        raise R2z2Unavailable(f"{path}: HTTP {status}", status)
