@@ -230,6 +230,7 @@ def test_a_worker_killed_in_the_middle_of_a_day_costs_that_day_a_download(fake, 
         wait_for(day_half_done, timeout=120)
         workers.kill(workers.processes[0])
         killed_mid_day = day_half_done()
+        unfinished = BackfillDay.objects.filter(done_at=None).count()
         workers.start()
         wait_for(all_finished, timeout=300)
 
@@ -240,5 +241,6 @@ def test_a_worker_killed_in_the_middle_of_a_day_costs_that_day_a_download(fake, 
     assert (job.killmails_listed, job.stored, job.already_stored) == (len(ids), len(ids), 0)
     assert job.bodies_from_esi == 0
     assert_stored_exactly_once(world, ids)
-    assert fake.stats()["r2z2_raw"] == 3  # the killed day's raw dump, once more
+    # Each day the kill interrupted is downloaded once more; the others were not.
+    assert 2 < fake.stats()["r2z2_raw"] <= 2 + unfinished
     assert fake.stats()["violations"] == []
