@@ -25,10 +25,8 @@ from __future__ import annotations
 
 import json
 import random
-import signal
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -157,6 +155,7 @@ def serve(name: str) -> None:
     gzip, not generating 30,000 bodies on the CPUs the measured process uses.
     """
     from fakeupstream import world as world_module
+    from fakeupstream.__main__ import serve_until_stopped
     from fakeupstream.server import FakeUpstream
 
     if name == "history":
@@ -176,18 +175,7 @@ def serve(name: str) -> None:
         item_shape="zkbonly",
     )
     upstream.configure(raw_since=raw_since.isoformat())
-    stopping = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
-    with upstream:
-        urls = {
-            "url": upstream.url,
-            "zkb_url": upstream.zkb_url,
-            "esi_url": upstream.esi_url,
-            "r2z2_url": upstream.r2z2_url,
-        }
-        print(json.dumps(urls), flush=True)
-        while not stopping.wait(0.5):
-            pass
+    serve_until_stopped(upstream)
 
 
 class WorldFake(FakeProcess):

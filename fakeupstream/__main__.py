@@ -104,6 +104,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def serve_until_stopped(upstream: FakeUpstream) -> None:
+    """Listen, print the URLs as one JSON line, and serve until SIGTERM or Ctrl-C."""
+    stopping = threading.Event()
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    with upstream:
+        urls = {
+            "url": upstream.url,
+            "zkb_url": upstream.zkb_url,
+            "esi_url": upstream.esi_url,
+            "r2z2_url": upstream.r2z2_url,
+        }
+        print(json.dumps(urls), flush=True)
+        while not stopping.wait(0.5):
+            pass
+
+
 def main(argv: list[str] | None = None) -> int:
     """Build the world, serve it until SIGTERM or Ctrl-C, and return the exit status."""
     args = build_parser().parse_args(argv)
@@ -125,23 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         port=args.port,
     )
     upstream.configure(**{"raw_since": args.raw_since, **args.config})
-    stopping = threading.Event()
-
-    def stop(signum: int, frame: FrameType | None) -> None:
-        stopping.set()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    with upstream:
-        urls = {
-            "url": upstream.url,
-            "zkb_url": upstream.zkb_url,
-            "esi_url": upstream.esi_url,
-            "r2z2_url": upstream.r2z2_url,
-        }
-        print(json.dumps(urls), flush=True)
-        while not stopping.wait(0.5):
-            pass
+    serve_until_stopped(upstream)
     return 0
 
 

@@ -8,6 +8,8 @@ from typing import Any
 
 import requests
 
+from upstream.limiter import WORKER_MAX_WAIT, Limiter
+
 APP = "killboard-backfill"
 VERSION = "0.1"
 
@@ -57,3 +59,32 @@ def new_session(
     if compatibility_date:
         session.headers["X-Compatibility-Date"] = compatibility_date
     return session
+
+
+class PacedClient:
+    """A client of an upstream whose every request first takes a slot of one rate shared by
+    the whole deployment (the limiter's `LIMIT_NAME`), with one session."""
+
+    LIMIT_NAME: str
+    TIMEOUT: Timeout
+
+    def __init__(
+        self,
+        base_url: str,
+        contact: str,
+        requests_per_second: float,
+        limiter: Limiter,
+        max_wait: float = WORKER_MAX_WAIT,
+        timeout: Timeout | None = None,
+    ) -> None:
+        """Prepare a client for `base_url`; a call waits inline at most `max_wait` seconds
+        for a blocked slot, else `RateLimited`."""
+        self.base_url = root_url(base_url)
+        self.interval = 1.0 / requests_per_second
+        self.limiter = limiter
+        self.max_wait = max_wait
+        self.session = new_session(contact, timeout or self.TIMEOUT)
+
+    def take_slot(self) -> None:
+        """Wait for this upstream's next request slot."""
+        self.limiter.acquire(self.LIMIT_NAME, self.interval, self.max_wait)

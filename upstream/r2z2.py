@@ -23,8 +23,8 @@ import requests
 import urllib3
 
 from upstream.errors import RateLimited, Rejected, Unavailable, UpstreamError
-from upstream.http import Timeout, new_session, root_url
-from upstream.limiter import WORKER_MAX_WAIT, Limiter, capped_wait
+from upstream.http import PacedClient
+from upstream.limiter import capped_wait
 
 logger = logging.getLogger(__name__)
 
@@ -98,27 +98,11 @@ def _day(key: str) -> date | None:
         return None
 
 
-class R2z2Client:
+class R2z2Client(PacedClient):
     """Reads R2Z2's day dumps within the deployment-wide request rate."""
 
-    def __init__(
-        self,
-        base_url: str,
-        contact: str,
-        requests_per_second: float,
-        limiter: Limiter,
-        max_wait: float = WORKER_MAX_WAIT,
-        timeout: Timeout = TIMEOUT,
-    ) -> None:
-        """Prepare a client for `base_url` (like https://r2z2.zkillboard.com/).
-
-        A call waits inline at most `max_wait` seconds for a blocked slot, else `RateLimited`.
-        """
-        self.base_url = root_url(base_url)
-        self.interval = 1.0 / requests_per_second
-        self.limiter = limiter
-        self.max_wait = max_wait
-        self.session = new_session(contact, timeout)
+    LIMIT_NAME = LIMIT_NAME
+    TIMEOUT = TIMEOUT
 
     def totals(self) -> dict[date, int]:
         """Killmails per UTC day, for every dumped day (the current day is not), ascending."""
@@ -168,7 +152,7 @@ class R2z2Client:
             raise R2z2Unavailable(f"{path}: the answer is not JSON") from exc
 
     def _send(self, path: str, *, stream: bool = False) -> requests.Response:
-        self.limiter.acquire(LIMIT_NAME, self.interval, self.max_wait)
+        self.take_slot()
         try:
             return self.session.get(self.base_url + path, stream=stream)
         except requests.RequestException as exc:

@@ -24,8 +24,8 @@ import requests
 
 from upstream.errors import Blocked, RateLimited, Rejected, Unavailable, UpstreamError
 from upstream.esi import is_killmail_hash
-from upstream.http import Timeout, new_session, root_url
-from upstream.limiter import WORKER_MAX_WAIT, Limiter, capped_wait
+from upstream.http import PacedClient
+from upstream.limiter import capped_wait
 
 logger = logging.getLogger(__name__)
 
@@ -164,27 +164,11 @@ def _item(raw: Any) -> PageItem:
     return PageItem(killmail_id, killmail_hash, zkb, body if len(body) > 1 else None)
 
 
-class ZkillboardClient:
+class ZkillboardClient(PacedClient):
     """Fetches pages of zKillboard's API within the deployment-wide request rate."""
 
-    def __init__(
-        self,
-        base_url: str,
-        contact: str,
-        requests_per_second: float,
-        limiter: Limiter,
-        max_wait: float = WORKER_MAX_WAIT,
-        timeout: Timeout = TIMEOUT,
-    ) -> None:
-        """Prepare a client for `base_url` (like https://zkillboard.com/api/).
-
-        A call waits inline at most `max_wait` seconds for a blocked slot, else `RateLimited`.
-        """
-        self.base_url = root_url(base_url)
-        self.interval = 1.0 / requests_per_second
-        self.limiter = limiter
-        self.max_wait = max_wait
-        self.session = new_session(contact, timeout)
+    LIMIT_NAME = LIMIT_NAME
+    TIMEOUT = TIMEOUT
 
     def fetch_page(
         self, target_type: str, target_id: int, page: int, year: int = 0, month: int = 0
@@ -206,7 +190,7 @@ class ZkillboardClient:
 
     def _get(self, path: str) -> Any:
         """The decoded JSON answer of a path, after a slot of the shared rate."""
-        self.limiter.acquire(LIMIT_NAME, self.interval, self.max_wait)
+        self.take_slot()
         try:
             response = self.session.get(self.base_url + path, allow_redirects=False)
         except requests.RequestException as exc:
