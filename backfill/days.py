@@ -31,7 +31,6 @@ from django.utils import timezone
 
 from backfill import planner
 from backfill.models import BackfillDay, BackfillJob, DayCoverage, FailedKillmail, PendingKillmail
-from backfill.planner import Plan
 from killboard.ingest import ingest_killmails
 from killboard.models import Killmail
 from killboard.readers import UnreadableFile, read_stream
@@ -63,7 +62,7 @@ def _days_of(month: int, first: date, last: date) -> list[date]:
     return days
 
 
-def plan_dump_days(job: BackfillJob, plan: Plan | None) -> tuple[list[date], list[int]]:
+def plan_dump_days(job: BackfillJob) -> tuple[list[date], list[int]]:
     """Paging is done: choose, with the bodies actually missing, the days whose raw dumps
     are worth downloading; give the rest of the held bodies to ESI.
 

@@ -142,7 +142,7 @@ def process_page(job_id: int, cursor: str, zkb: ZkillboardClient, esi: EsiClient
             return PageOutcome(None, [])
         job.add_counts(pages_fetched=1, killmails_listed=len(items), **counts)
         # Paging done: the dense months' days, or ESI, for the bodies held for day dumps.
-        dump_days, released = ([], []) if next_cursor else days.plan_dump_days(job, plan)
+        dump_days, released = ([], []) if next_cursor else days.plan_dump_days(job)
     logger.info("Job %s: page %s done, %s listed, next %s", job_id, cursor, len(items), next_cursor)
     pending = set(pending_among(job_id, [i.killmail_id for i in items])) | set(released)
     return PageOutcome(next_cursor, sorted(pending, reverse=True), dump_days)
