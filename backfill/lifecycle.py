@@ -156,7 +156,13 @@ def mark_started(job: BackfillJob) -> None:
         BackfillJob.objects.filter(pk=job.pk, started_at=None).update(started_at=timezone.now())
 
 
-def move_cursor(job_id: int, cursor: str, next_cursor: str | None, boundary_id: int | None) -> bool:
+def move_cursor(
+    job_id: int,
+    cursor: str,
+    next_cursor: str | None,
+    boundary_id: int | None,
+    walk_start_guessed: bool = False,
+) -> bool:
     """Move the job from the page at `cursor` to `next_cursor` (None: paging is done) and
     give the lease back; False if the job is no longer active or no longer at `cursor`."""
     return bool(
@@ -166,10 +172,16 @@ def move_cursor(job_id: int, cursor: str, next_cursor: str | None, boundary_id: 
             cursor=next_cursor or cursor,
             paging_done=next_cursor is None,
             boundary_id=boundary_id,
+            walk_start_guessed=walk_start_guessed,
             lease_until=None,
             updated_at=timezone.now(),
         )
     )
+
+
+def confirm_walk_start(job_id: int) -> None:
+    """The month walk's first month is not older than page 100's last killmail: go on."""
+    BackfillJob.objects.filter(pk=job_id).update(walk_start_guessed=False)
 
 
 def touch(job_id: int) -> None:

@@ -89,6 +89,10 @@ class BackfillJob(models.Model):
     paging_done = models.BooleanField(default=False)
     # The oldest killmail id of page 100 of the whole history: month pages list only older ones.
     boundary_id = models.BigIntegerField(null=True, blank=True)
+    # The month walk began where the statistics place page 100's last killmail (its body was
+    # not on the page): until its first month page shows a killmail at least that new, the
+    # guess may be too old, and the walk steps a month forward instead.
+    walk_start_guessed = models.BooleanField(default=False)
     # A worker owns the page at `cursor` until then; a killed worker's claim simply expires.
     lease_until = models.DateTimeField(null=True, blank=True)
     # The planner's decisions and figures (backfill.planner.Plan.as_dict()).

@@ -110,12 +110,20 @@ def process_page(job_id: int, cursor: str, zkb: ZkillboardClient, esi: EsiClient
     plan = Plan.from_dict(job.plan)
     year, month, page = paging.parse_cursor(cursor)
     items = zkb.fetch_page(job.target_type, job.target_id, page, year, month)
+    if job.walk_start_guessed and year and page == 1:
+        if not _reaches(items, job.boundary_id):
+            return _step_forward(job, cursor, year, month)
+        lifecycle.confirm_walk_start(job_id)
     full = paging.is_full(items)
     left = None if job.max_killmails is None else job.max_killmails - job.killmails_listed
     items, done = paging.listed_items(items, year, job.boundary_id, left)
     oldest = None
     boundary_id = job.boundary_id
-    if items and (job.from_date or (paging.ends_whole_history(year, page) and full)):
+    ends_page_100 = paging.ends_whole_history(year, page) and full
+    guessed = ends_page_100 and not job.from_date and _walk_start(job, plan, items)
+    if guessed:
+        oldest, boundary_id = guessed, items[-1].killmail_id
+    elif items and (job.from_date or ends_page_100):
         items, oldest = _with_oldest_body(items, esi)
         if paging.ends_whole_history(year, page):
             boundary_id = items[-1].killmail_id
@@ -136,7 +144,7 @@ def process_page(job_id: int, cursor: str, zkb: ZkillboardClient, esi: EsiClient
             dump_months,
             source=f"backfill #{job_id}, zKillboard page {cursor}",
         )
-        if not lifecycle.move_cursor(job_id, cursor, next_cursor, boundary_id):
+        if not lifecycle.move_cursor(job_id, cursor, next_cursor, boundary_id, bool(guessed)):
             # Cancelled meanwhile, or someone else did this page: keep nothing of ours.
             transaction.set_rollback(True)
             return PageOutcome(None, [])
@@ -146,6 +154,40 @@ def process_page(job_id: int, cursor: str, zkb: ZkillboardClient, esi: EsiClient
     logger.info("Job %s: page %s done, %s listed, next %s", job_id, cursor, len(items), next_cursor)
     pending = set(pending_among(job_id, [i.killmail_id for i in items])) | set(released)
     return PageOutcome(next_cursor, sorted(pending, reverse=True), dump_days)
+
+
+def _walk_start(job: BackfillJob, plan: Plan | None, items: list[PageItem]) -> datetime | None:
+    """Where the month walk begins after a full page 100 whose last killmail came without a
+    body: the month the statistics place it in, rather than an ESI call for its time (the
+    walk's first month page checks the guess). None: the body or the statistics are there."""
+    if not items or items[-1].body is not None or not (plan and plan.statistics):
+        return None
+    month = paging.month_at(job.killmails_listed + len(items) - 1, plan.months)
+    return None if month is None else datetime(month // 100, month % 100, 1, tzinfo=UTC)
+
+
+def _reaches(items: list[PageItem], boundary_id: int | None) -> bool:
+    """Whether a month's first page shows a killmail at least as new as page 100's last:
+    then the month is not older than that killmail's, and the walk may go back from it."""
+    return bool(items) and boundary_id is not None and items[0].killmail_id >= boundary_id
+
+
+def _step_forward(job: BackfillJob, cursor: str, year: int, month: int) -> PageOutcome:
+    """The guessed month was older than page 100's last killmail: try the month after it
+    (listing nothing of this page, which the walk reads again in its turn)."""
+    after = date(year, month, 28) + timedelta(days=4)
+    now = timezone.now()
+    guessed = (after.year, after.month) <= (now.year, now.month)
+    if not guessed:
+        after = now.date()  # as new as it gets: the walk goes back from this month
+    next_cursor = paging.make_cursor(after.year, after.month, 1)
+    logger.info(
+        "Job %s: the walk's first month %s was too old; trying %s", job.pk, cursor, next_cursor
+    )
+    with transaction.atomic():
+        if lifecycle.move_cursor(job.pk, cursor, next_cursor, job.boundary_id, guessed):
+            job.add_counts(pages_fetched=1)
+    return PageOutcome(next_cursor, [])
 
 
 def _next_cursor(

@@ -13,10 +13,12 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 from django.core.management import CommandError, call_command
 
-from backfill import lifecycle, tasks
+from backfill import lifecycle, planning, tasks
 from backfill.models import BackfillDay, BackfillJob, DayCoverage
 from fakeupstream.world import REGIONS, killmail_time
+from killboard import ratelimit
 from killboard.models import Killmail
+from upstream import clients
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -306,3 +308,39 @@ def test_a_day_r2z2_has_not_dumped_makes_the_job_partial(fake):
     assert job.status == "partial"
     assert job.failed == 7
     assert "no id dump" in job.last_error
+
+
+def test_past_page_100_without_bodies_the_walk_starts_where_the_statistics_say(fake, world, caplog):
+    fake.configure(item_shape="zkbonly")
+    september_end = datetime(2026, 9, 30, 23, tzinfo=UTC)
+    first = world.add_character(
+        PILOT, 10_000, corporation_id=CORPORATION, newest=september_end, days=29
+    ) + world.add_character(PILOT + 1, 9_950, corporation_id=CORPORATION, newest=AUGUST, days=30)
+    july = world.add_character(
+        PILOT + 2,
+        350,
+        corporation_id=CORPORATION,
+        newest=datetime(2026, 7, 31, tzinfo=UTC),
+        days=30,
+    )
+    job = lifecycle.create_job(CORPORATION, target_type="corporation")
+    planning.plan_job(job.pk, clients.zkillboard_client(ratelimit), clients.r2z2_client(ratelimit))
+    # Killmails posted after the plan: its statistics count too few, and place page 100's
+    # last killmail in July when it is in August. The walk's first month page shows it.
+    late = world.add_character(
+        PILOT + 3, 100, corporation_id=CORPORATION, newest=september_end, days=9
+    )
+    caplog.set_level("INFO", logger="backfill.services")
+
+    tasks.start_job(job.pk)
+
+    job.refresh_from_db()
+    assert job.status == "succeeded", job.last_error
+    assert stored_ids() == set(first) | set(july) | set(late)
+    assert "the walk's first month 2026-07/1 was too old; trying 2026-08/1" in caplog.text
+    # Page 100's last body came from no ESI call. Those the stale statistics placed in the
+    # month before their own did (ESI takes what no dump of its month holds): at each month
+    # edge of the whole history's pages, as many as the statistics missed.
+    assert fake.stats()["esi_killmails"] <= 2 * len(late)
+    assert job.bodies_from_dump + job.bodies_from_esi == len(first) + len(july) + len(late)
+    no_rule_broken(fake)
