@@ -185,9 +185,10 @@ def _step_forward(job: BackfillJob, cursor: str, year: int, month: int) -> PageO
         "Job %s: the walk's first month %s was too old; trying %s", job.pk, cursor, next_cursor
     )
     with transaction.atomic():
-        if lifecycle.move_cursor(job.pk, cursor, next_cursor, job.boundary_id, guessed):
+        moved = lifecycle.move_cursor(job.pk, cursor, next_cursor, job.boundary_id, guessed)
+        if moved:
             job.add_counts(pages_fetched=1)
-    return PageOutcome(next_cursor, [])
+    return PageOutcome(next_cursor if moved else None, [])
 
 
 def _next_cursor(
