@@ -11,6 +11,7 @@ import json
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
@@ -23,6 +24,7 @@ from backfill import lifecycle, planning, tasks
 from backfill.models import BackfillJob
 from backfill.planner import Plan
 from killboard.inputs import parse_whole_number
+from upstream.errors import UpstreamError
 
 # Seconds between two looks at the job while following it.
 POLL_SECONDS = 0.5
@@ -44,12 +46,23 @@ class JobCommand(BaseCommand):
         parser.add_argument("--wait", action="store_true", help="with a broker: follow the job")
         parser.add_argument("--json", action="store_true", help="print a JSON summary")
 
-    def print_plan(self, title: str, plan: Plan, as_json: bool) -> None:
-        """The plan, as --estimate prints it (and the jobs show it)."""
-        if as_json:
+    def estimate_or_run(
+        self, job: BackfillJob, options: dict[str, Any], make_plan: Callable[[], Plan]
+    ) -> None:
+        """With --estimate, print the job's plan (`make_plan()`) and start nothing; else save
+        the job and run it."""
+        if not options["estimate"]:
+            job.save()
+            self.run(job, options)
+            return
+        try:
+            plan = make_plan()
+        except UpstreamError as exc:
+            raise CommandError(f"no estimate: {exc}") from None
+        if options["json"]:
             self.stdout.write(json.dumps(plan.as_dict()))
             return
-        self.stdout.write(title)
+        self.stdout.write(f"Plan for a backfill of {job.target}:")
         for line in plan.lines(planning.rates()):
             self.stdout.write(f"  {line}")
 

@@ -12,7 +12,6 @@ from backfill.cli import JobCommand, whole_number
 from killboard import ratelimit
 from killboard.inputs import InvalidInput
 from upstream import clients
-from upstream.errors import UpstreamError
 
 
 class Command(JobCommand):
@@ -55,19 +54,15 @@ class Command(JobCommand):
             )
         except InvalidInput as exc:  # InvalidBackfill, or a bad --max-pages/--limit
             raise CommandError(str(exc)) from None
-        if options["estimate"]:
-            try:
-                plan = planning.scoped_plan(
-                    job.target_type,
-                    job.target_id,
-                    from_date=job.from_date,
-                    to_date=job.to_date,
-                    bound=job.max_killmails,
-                    zkb=clients.zkillboard_client(ratelimit),
-                )
-            except UpstreamError as exc:
-                raise CommandError(f"no estimate: {exc}") from None
-            self.print_plan(f"Plan for a backfill of {job.target}:", plan, options["json"])
-            return
-        job.save()
-        self.run(job, options)
+        self.estimate_or_run(
+            job,
+            options,
+            lambda: planning.scoped_plan(
+                job.target_type,
+                job.target_id,
+                from_date=job.from_date,
+                to_date=job.to_date,
+                bound=job.max_killmails,
+                zkb=clients.zkillboard_client(ratelimit),
+            ),
+        )

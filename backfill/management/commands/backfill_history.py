@@ -11,7 +11,6 @@ from backfill.cli import JobCommand
 from killboard import ratelimit
 from killboard.inputs import InvalidInput
 from upstream import clients
-from upstream.errors import UpstreamError
 
 
 class Command(JobCommand):
@@ -32,15 +31,10 @@ class Command(JobCommand):
             job = lifecycle.build_history_job(options["from_date"], options["to_date"])
         except InvalidInput as exc:
             raise CommandError(str(exc)) from None
-        if options["estimate"]:
-            try:
-                assert job.from_date is not None
-                plan = planning.history_plan(
-                    job.from_date, job.to_date, clients.r2z2_client(ratelimit)
-                )
-            except UpstreamError as exc:
-                raise CommandError(f"no estimate: {exc}") from None
-            self.print_plan(f"Plan for a backfill of {job.target}:", plan, options["json"])
-            return
-        job.save()
-        self.run(job, options)
+        self.estimate_or_run(
+            job,
+            options,
+            lambda: planning.history_plan(
+                job.from_date, job.to_date, clients.r2z2_client(ratelimit)
+            ),
+        )
