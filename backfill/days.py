@@ -27,6 +27,7 @@ from typing import Any
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Count, F, Q
+from django.db.models.functions import TruncDate
 from django.utils import timezone
 
 from backfill import planner
@@ -53,13 +54,9 @@ class DayOutcome:
 
 def _days_of(month: int, first: date, last: date) -> list[date]:
     """The days of `month` within first..last, newest first."""
-    start = date(month // 100, month % 100, 1)
-    days = []
-    day = min(last, (start + timedelta(days=31)).replace(day=1) - timedelta(days=1))
-    while day >= max(start, first):
-        days.append(day)
-        day -= timedelta(days=1)
-    return days
+    start, end = planner.month_days(month)
+    start, end = max(start, first), min(end, last)
+    return [end - timedelta(days=n) for n in range((end - start).days + 1)]
 
 
 def plan_dump_days(job: BackfillJob) -> tuple[list[date], list[int]]:
@@ -326,20 +323,38 @@ def _mark_done(row: BackfillDay, bounds: tuple[int, int] | None = None) -> None:
     )
 
 
+def stored_per_day(first: date, last: date) -> dict[date, int]:
+    """Killmails the store holds per UTC day of first..last."""
+    start = datetime.combine(first, datetime.min.time(), tzinfo=UTC)
+    end = datetime.combine(last + timedelta(days=1), datetime.min.time(), tzinfo=UTC)
+    rows = (
+        Killmail.objects.filter(killmail_time__gte=start, killmail_time__lt=end)
+        .annotate(day=TruncDate("killmail_time", tzinfo=UTC))
+        .values("day")
+        .annotate(count=Count("killmail_id"))
+        .values_list("day", "count")
+    )
+    return dict(rows)
+
+
 def record_coverage(days: list[tuple[date, int]]) -> None:
     """Note how many of each day's killmails the store holds against zKillboard's count."""
+    if not days:
+        return
+    stored = stored_per_day(min(day for day, _ in days), max(day for day, _ in days))
     now = timezone.now()
-    for day, zkb_count in days:
-        start = datetime.combine(day, datetime.min.time(), tzinfo=UTC)
-        stored = Killmail.objects.filter(
-            killmail_time__gte=start, killmail_time__lt=start + timedelta(days=1)
-        ).count()
-        DayCoverage.objects.update_or_create(
-            day=day,
-            defaults={
-                "zkb_count": zkb_count,
-                "stored_count": stored,
-                "complete": stored >= zkb_count,
-                "checked_at": now,
-            },
-        )
+    DayCoverage.objects.bulk_create(
+        [
+            DayCoverage(
+                day=day,
+                zkb_count=zkb_count,
+                stored_count=stored.get(day, 0),
+                complete=stored.get(day, 0) >= zkb_count,
+                checked_at=now,
+            )
+            for day, zkb_count in days
+        ],
+        update_conflicts=True,
+        unique_fields=["day"],
+        update_fields=["zkb_count", "stored_count", "complete", "checked_at"],
+    )

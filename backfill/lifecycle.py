@@ -112,7 +112,7 @@ def build_history_job(from_date: Any, to_date: Any = None) -> BackfillJob:
     start, end = parse_dates(from_date, to_date)
     if start is None:
         raise InvalidBackfill("a history backfill needs a from date")
-    last_dumped = timezone.now().date() - timedelta(days=1)
+    last_dumped = days.yesterday()
     if start > last_dumped:
         raise InvalidBackfill(f"from date {start}: R2Z2 has dumped days up to {last_dumped}")
     return BackfillJob(

@@ -143,14 +143,15 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def _month_days(month: Month) -> tuple[date, date]:
+def month_days(month: Month) -> tuple[date, date]:
+    """The first and the last day of a month."""
     year, number = divmod(month, 100)
     return date(year, number, 1), date(year, number, calendar.monthrange(year, number)[1])
 
 
 def raw_days(month: Month, first: date, last: date, raw_since: date) -> int:
     """Days of `month` within first..last that R2Z2 has a raw dump for."""
-    start, end = _month_days(month)
+    start, end = month_days(month)
     start, end = max(start, first, raw_since), min(end, last)
     return max(0, (end - start).days + 1)
 

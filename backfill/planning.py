@@ -9,19 +9,16 @@ job begins: its first page, or for a history job, its days.
 from __future__ import annotations
 
 import logging
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Count
-from django.db.models.functions import TruncDate
 from django.utils import timezone
 
-from backfill import paging, planner
-from backfill.days import yesterday
+from backfill import days, paging, planner
 from backfill.models import BackfillDay, BackfillJob, DayCoverage
 from backfill.planner import Plan, Rates
-from killboard.models import Alliance, Character, Corporation, Killmail
+from killboard.models import Alliance, Character, Corporation
 from upstream.esi import DEFAULT_BUCKET, RATE_HEADROOM, SUCCESS_COST
 from upstream.r2z2 import R2z2Client
 from upstream.zkillboard import ZkillboardClient, ZkillboardRejected
@@ -86,7 +83,7 @@ def scoped_plan(
 def history_plan(from_date: date, to_date: date | None, r2z2: R2z2Client) -> Plan:
     """The plan of a history backfill of from_date..to_date (yesterday at the latest)."""
     totals = r2z2.totals()
-    last = min(to_date or yesterday(), yesterday())
+    last = min(to_date or days.yesterday(), days.yesterday())
     complete = dict(
         DayCoverage.objects.filter(day__range=(from_date, last), complete=True).values_list(
             "day", "zkb_count"
@@ -97,23 +94,9 @@ def history_plan(from_date: date, to_date: date | None, r2z2: R2z2Client) -> Pla
         first=from_date,
         last=last,
         complete=complete,
-        stored=stored_per_day(from_date, last),
+        stored=days.stored_per_day(from_date, last),
         raw_since=settings.R2Z2_RAW_SINCE,
     )
-
-
-def stored_per_day(first: date, last: date) -> dict[date, int]:
-    """Killmails the store holds per UTC day of first..last."""
-    start = datetime.combine(first, datetime.min.time(), tzinfo=UTC)
-    end = datetime.combine(last + timedelta(days=1), datetime.min.time(), tzinfo=UTC)
-    rows = (
-        Killmail.objects.filter(killmail_time__gte=start, killmail_time__lt=end)
-        .annotate(day=TruncDate("killmail_time", tzinfo=UTC))
-        .values("day")
-        .annotate(count=Count("killmail_id"))
-        .values_list("day", "count")
-    )
-    return dict(rows)
 
 
 def plan_job(job_id: int, zkb: ZkillboardClient, r2z2: R2z2Client) -> BackfillJob:

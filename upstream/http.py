@@ -8,7 +8,8 @@ from typing import Any
 
 import requests
 
-from upstream.limiter import WORKER_MAX_WAIT, Limiter
+from upstream.errors import RateLimited
+from upstream.limiter import WORKER_MAX_WAIT, Limiter, capped_wait
 
 APP = "killboard-backfill"
 VERSION = "0.1"
@@ -67,6 +68,8 @@ class PacedClient:
 
     LIMIT_NAME: str
     TIMEOUT: Timeout
+    # Seconds to wait when a 429 comes without a usable Retry-After.
+    DEFAULT_RETRY_AFTER: float
 
     def __init__(
         self,
@@ -88,3 +91,11 @@ class PacedClient:
     def take_slot(self) -> None:
         """Wait for this upstream's next request slot."""
         self.limiter.acquire(self.LIMIT_NAME, self.interval, self.max_wait)
+
+    def too_many_requests(self, response: requests.Response, upstream: str) -> RateLimited:
+        """A 429: hold every process back for its (capped) Retry-After; the error to raise."""
+        retry_after = max(
+            1.0, capped_wait(response.headers.get("Retry-After"), self.DEFAULT_RETRY_AFTER)
+        )
+        self.limiter.block(self.LIMIT_NAME, retry_after)
+        return RateLimited(retry_after, f"{upstream} answered 429")

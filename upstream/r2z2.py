@@ -22,9 +22,8 @@ from typing import IO, Any
 import requests
 import urllib3
 
-from upstream.errors import RateLimited, Rejected, Unavailable, UpstreamError
+from upstream.errors import Rejected, Unavailable, UpstreamError
 from upstream.http import PacedClient
-from upstream.limiter import capped_wait
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +102,7 @@ class R2z2Client(PacedClient):
 
     LIMIT_NAME = LIMIT_NAME
     TIMEOUT = TIMEOUT
+    DEFAULT_RETRY_AFTER = DEFAULT_RETRY_AFTER
 
     def totals(self) -> dict[date, int]:
         """Killmails per UTC day, for every dumped day (the current day is not), ascending."""
@@ -167,11 +167,7 @@ class R2z2Client(PacedClient):
         if status == 404:
             return False
         if status == 429:
-            retry_after = max(
-                1.0, capped_wait(response.headers.get("Retry-After"), DEFAULT_RETRY_AFTER)
-            )
-            self.limiter.block(LIMIT_NAME, retry_after)
-            raise RateLimited(retry_after, "R2Z2 answered 429")
+            raise self.too_many_requests(response, "R2Z2")
         if 400 <= status < 500:
             raise R2z2Rejected(f"{path}: HTTP {status}", status)
         raise R2z2Unavailable(f"{path}: HTTP {status}", status)

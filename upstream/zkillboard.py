@@ -22,10 +22,9 @@ from typing import Any
 
 import requests
 
-from upstream.errors import Blocked, RateLimited, Rejected, Unavailable, UpstreamError
+from upstream.errors import Blocked, Rejected, Unavailable, UpstreamError
 from upstream.esi import is_killmail_hash
 from upstream.http import PacedClient
-from upstream.limiter import capped_wait
 
 logger = logging.getLogger(__name__)
 
@@ -169,6 +168,7 @@ class ZkillboardClient(PacedClient):
 
     LIMIT_NAME = LIMIT_NAME
     TIMEOUT = TIMEOUT
+    DEFAULT_RETRY_AFTER = DEFAULT_RETRY_AFTER
 
     def fetch_page(
         self, target_type: str, target_id: int, page: int, year: int = 0, month: int = 0
@@ -207,9 +207,7 @@ class ZkillboardClient(PacedClient):
                 )
             raise ZkillboardUnavailable(f"{path}: unexpected redirect to {location}")
         if response.status_code == 429:
-            retry_after = _retry_after(response)
-            self.limiter.block(LIMIT_NAME, retry_after)
-            raise RateLimited(retry_after, "zKillboard answered 429")
+            raise self.too_many_requests(response, "zKillboard")
         if response.status_code != 200:
             raise ZkillboardUnavailable(f"{path}: HTTP {response.status_code}")
         try:
@@ -219,7 +217,3 @@ class ZkillboardClient(PacedClient):
         if isinstance(data, dict) and "error" in data:
             raise ZkillboardRejected(f"{path}: zKillboard says {data['error']!r}")
         return data
-
-
-def _retry_after(response: requests.Response) -> float:
-    return max(1.0, capped_wait(response.headers.get("Retry-After"), DEFAULT_RETRY_AFTER))
