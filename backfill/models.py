@@ -80,6 +80,10 @@ class BackfillJob(models.Model):
     # Options, as the original system documents them.
     from_date = models.DateField(null=True, blank=True, help_text="Only killmails on or after.")
     to_date = models.DateField(null=True, blank=True, help_text="Only killmails on or before.")
+    # An incremental run (`backfill TYPE ID --update`): pages newer than this (the last
+    # complete run's end less the late-arrival overlap) are read; the listing stops at the
+    # first page older than it whose killmails are all stored.
+    update_since = models.DateTimeField(null=True, blank=True)
     max_pages = models.PositiveIntegerField(null=True, blank=True, help_text="Empty: no bound.")
     limit = models.PositiveSmallIntegerField(default=ZKB_PAGE_SIZE, help_text="Killmails a page.")
     skip_existing = models.BooleanField(default=True)
@@ -356,3 +360,61 @@ class DayCoverage(models.Model):
 
     def __str__(self) -> str:
         return f"{self.day}: {self.stored_count} of {self.zkb_count}"
+
+
+class TargetMonthCoverage(models.Model):
+    """The store's coverage of one month of one backfill target, as zKillboard's statistics
+    (`stats/{type}ID/ID/`, its `months`) count it: the months a later run still has to walk.
+    """
+
+    target_type = models.CharField(max_length=16, choices=BackfillJob.TargetType.choices)
+    target_id = models.BigIntegerField()
+    # YYYYMM, as the planner keys months.
+    month = models.PositiveIntegerField()
+    zkb_count = models.PositiveIntegerField()
+    stored_count = models.PositiveIntegerField()
+    checked_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ("target_type", "target_id", "-month")
+        verbose_name_plural = "target month coverage"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["target_type", "target_id", "month"], name="targetmonthcoverage_unique"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return (
+            f"{self.target_type} {self.target_id} {self.month}: "
+            f"{self.stored_count} of {self.zkb_count}"
+        )
+
+    @property
+    def complete(self) -> bool:
+        return self.stored_count >= self.zkb_count
+
+
+class CoverageGap(models.Model):
+    """A stretch of the live feed the follower could not read (it was down longer than R2Z2
+    keeps the feed's files), handed to the coverage ledger: the days it spans are re-checked
+    against the day dumps and repaired once dumped."""
+
+    # The sequences the follower missed, first..last inclusive.
+    first_sequence = models.BigIntegerField()
+    last_sequence = models.BigIntegerField()
+    # The upload times around the gap: the last package read before it, the first after.
+    start = models.DateTimeField()
+    end = models.DateTimeField()
+    noted_at = models.DateTimeField(auto_now_add=True)
+    # The history job that repairs the gap's days, once they are dumped.
+    repair_job = models.ForeignKey(
+        BackfillJob, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    closed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ("-noted_at",)
+
+    def __str__(self) -> str:
+        return f"live gap {self.first_sequence}..{self.last_sequence} ({self.start}..{self.end})"
