@@ -4,6 +4,9 @@ Example::
 
     python -m fakeupstream --port 8765 --character 2117325769:3000 --item-shape mixed
 
+With ``--live-rate 10`` R2Z2's live feed (``/r2z2/ephemeral/``) grows by about 10 killmails a
+second; other ``live_*`` fields go through ``--config`` or ``POST /_fake/config``.
+
 On start it prints one JSON line with its URLs ({"url", "zkb_url", "esi_url", "r2z2_url"})
 and flushes, so a parent process can read where to point its clients; it runs until SIGTERM or
 Ctrl-C.
@@ -91,6 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="YYYY-MM-DD",
         help="the first UTC day with an R2Z2 raw dump",
     )
+    parser.add_argument(
+        "--live-rate",
+        type=float,
+        default=0.0,
+        help="killmails a second appended to R2Z2's live feed (0: none)",
+    )
     parser.add_argument("--item-shape", choices=("full", "zkbonly", "mixed"), default="full")
     parser.add_argument("--latency-zkb", type=float, default=0.0, help="seconds")
     parser.add_argument("--latency-esi", type=float, default=0.0, help="seconds")
@@ -145,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         host=args.host,
         port=args.port,
     )
-    upstream.configure(**{"raw_since": args.raw_since, **args.config})
+    upstream.configure(**{"raw_since": args.raw_since, "live_rate": args.live_rate, **args.config})
     serve_until_stopped(upstream)
     return 0
 

@@ -1,4 +1,4 @@
-"""The fake zKillboard API, ESI and R2Z2 day dumps, served over real HTTP on loopback.
+"""The fake zKillboard API, ESI and R2Z2 (day dumps, live feed), over real HTTP on loopback.
 
 ``FakeUpstream`` answers like the real services do (see the upstream facts in the design) and
 counts every rule a client breaks as a *violation*, so tests can assert that a client is a
@@ -8,12 +8,19 @@ JSON, HTML error pages, 429 bursts, 420 storms), reproducibly from a seed.
 zKillboard (under /zkb/api/) serves pages and statistics (``stats/{type}ID/{id}/``: totals of
 destroyed and lost, by month; for a solar system or region every killmail there counts as
 destroyed and nothing as lost). R2Z2 (under /r2z2/) serves ``history/totals.json``,
-``history/YYYYMMDD.json`` and ``history/raw/YYYYMMDD.json`` for the UTC days before today; a
-raw day is streamed in chunks, gzipped when the client accepts it.
+``history/YYYYMMDD.json`` and ``history/raw/YYYYMMDD.json`` for the UTC days before today (a
+raw day is streamed in chunks, gzipped when the client accepts it), and the live feed (see
+``feed``): ``ephemeral/sequence.json`` (``{"sequence": N}``, updated every 51 packages) and
+``ephemeral/{N}.json`` (one package; 404 until appended, after 24 hours, or for a hole; asking
+again within 6 seconds of a 404 is a violation). The feed grows on demand (``feed_append``,
+``POST /_fake/live/append``) and at ``live_rate`` killmails a second; every fed killmail joins
+the world, so the day dumps list it once its day is past. ``GET /_fake/live`` reports it.
 
 Standard library only, no Django: it runs in a thread of a pytest process or as its own
 process (``python -m fakeupstream``). Other processes read its statistics and change its
-configuration through ``GET /_fake/stats`` and ``POST /_fake/config``.
+configuration through ``GET /_fake/stats`` and ``POST /_fake/config``, and drive the live
+feed through ``/_fake/live`` (GET: the report), ``/_fake/live/append`` (POST ``{"count": n}``,
+optional ``"late_seconds"``) and ``/_fake/live/expire`` (POST ``{"through": n}``).
 
 Why one long module: the emulations share the rule counters, the fault draws and the lock
 that make the violation count exact; they are kept side by side.
@@ -34,13 +41,20 @@ import time
 import zlib
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, date, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
+from .feed import (
+    DEFAULT_FIRST_SEQUENCE,
+    DEFAULT_RETENTION_SECONDS,
+    DEFAULT_SEQUENCE_EVERY,
+    LiveFeed,
+    settings_from,
+)
 from .world import SAMPLES_DIR, World, killmail_id_at, killmail_time
 
 ZKB_PREFIX = "/zkb/api"
@@ -49,6 +63,7 @@ ZKB_STATS_PREFIX = "/zkb/api/stats/"
 ESI_PREFIX = "/esi/"
 R2Z2_PREFIX = "/r2z2/"
 CONTROL_PREFIX = "/_fake/"
+R2Z2_PACKAGE_PREFIX = "/r2z2/ephemeral/"
 
 ZKB_PAGE_SIZE = 200
 ZKB_MAX_PAGE = 100
@@ -118,6 +133,8 @@ FAMILIES = (
     "r2z2_totals",
     "r2z2_days",
     "r2z2_raw",
+    "r2z2_sequence",
+    "r2z2_package",
     "control",
     "other",
 )
@@ -175,6 +192,14 @@ class FakeConfig:
     fault_rate_html: float = 0.0  # probability of a 200 with an HTML error page
     timeout_hold: float = 15.0
     fault_seed: int = 0
+    # R2Z2's live feed (see fakeupstream.feed):
+    live_first_sequence: int = DEFAULT_FIRST_SEQUENCE  # the first package's number
+    live_rate: float = 0.0  # killmails a second appended as time passes; 0: on demand only
+    live_late_rate: float = 0.0  # share of new killmails 1 to 72 hours old
+    live_reprocess_rate: float = 0.0  # share of packages republishing an earlier killmail
+    live_hole_rate: float = 0.0  # share of sequence numbers skipped for good (below 1)
+    live_sequence_every: int = DEFAULT_SEQUENCE_EVERY  # packages per sequence.json update
+    live_retention: float = DEFAULT_RETENTION_SECONDS  # seconds a package is served
 
 
 @dataclass(frozen=True)
@@ -356,6 +381,7 @@ class FakeUpstream:
         self._bucket_sizes.update(esi_buckets or {})
         self._bucket_sizes["killmail"] = esi_killmail_bucket
         self._esi_routes = self._build_esi_routes()
+        self.feed = LiveFeed(world, fault_seed)
         self.reset_limits()
         self.reset_stats()
         self.configure(
@@ -445,6 +471,13 @@ class FakeUpstream:
             raise ValueError("item_shape must be full, zkbonly or mixed")
         if "raw_since" in changes:
             date.fromisoformat(str(changes["raw_since"]))  # ValueError when malformed
+        live = {
+            name: type(getattr(self.config, name))(changes[name])
+            for name in names & set(changes)
+            if name.startswith("live_")
+        }
+        if live:
+            self.feed.check(settings_from(replace(self.config, **live)))
         now = time.monotonic()
         with self._lock:
             for name in names & set(changes):
@@ -471,6 +504,9 @@ class FakeUpstream:
                 self._burst_429 = int(changes["burst_429"])
             if "storm_420" in changes:
                 self._esi_errors.storm_until = now + float(changes["storm_420"])
+            settings, seed = settings_from(self.config), self.config.fault_seed
+        if live or "fault_seed" in changes:
+            self.feed.configure(settings, seed)
 
     def current_config(self) -> dict[str, Any]:
         """Return the configuration as plain JSON-able data."""
@@ -490,6 +526,7 @@ class FakeUpstream:
             self._esi_buckets = {g: SlidingWindow(*size) for g, size in self._bucket_sizes.items()}
             self._esi_errors = ErrorWindow(self.config.esi_error_limit)
             self._burst_429 = 0
+        self.feed.reset_waits()
 
     def reset_stats(self) -> None:
         """Forget request counts and violations."""
@@ -510,6 +547,7 @@ class FakeUpstream:
             self._delivered_bodies: set[int] = set()
             self._killmail_refetches = 0
             self._killmail_fetched_despite_body = 0
+        self.feed.reset_counts()
 
     def stats(self) -> dict[str, Any]:
         """Return request counts per route family, statuses, faults and violations."""
@@ -528,10 +566,37 @@ class FakeUpstream:
             stats["violations_by_rule"] = dict(self._violations_by_rule)
             return stats
 
+    # -- live feed ---------------------------------------------------------------------------
+
+    def feed_append(self, count: int, *, late_seconds: float | None = None) -> list[int]:
+        """Append count packages to R2Z2's live feed now; return their sequence numbers.
+
+        With late_seconds every new killmail is that many seconds old (a late arrival);
+        otherwise ``live_late_rate`` decides. ``live_reprocess_rate`` and ``live_hole_rate``
+        apply either way.
+        """
+        return self.feed.append(count, late_seconds=late_seconds)
+
+    def feed_expire_through(self, sequence: int) -> None:
+        """Expire every live package numbered up to sequence (404 from now on)."""
+        self.feed.expire_through(sequence)
+
+    def feed_report(self) -> dict[str, Any]:
+        """Return the live feed: numbers, holes, killmails, latest zkb and fetch counts.
+
+        Keys: first, newest, published, holes, expired_through, packages ([sequence,
+        killmail_id] for every package), latest_zkb ({killmail id: zkb}), fetches ({sequence:
+        200 answers}), requests ({sequence: answers of any status}), late (killmail ids fed
+        as late arrivals), reprocessed (sequences that republished a killmail).
+        """
+        self.feed.grow()
+        return self.feed.report()
+
     # -- dispatch ----------------------------------------------------------------------------
 
     def handle(self, request: Request) -> Response:
         """Answer one request (called from the HTTP handler threads)."""
+        self.feed.grow()
         path = request.path
         if path.startswith(CONTROL_PREFIX):
             return self._control(request)
@@ -893,9 +958,13 @@ class FakeUpstream:
 
     def _r2z2(self, request: Request) -> Response:
         family, route = self._r2z2_route(request)
+        sequence = _package_sequence(request.path) if family == "r2z2_package" else None
+        too_soon = sequence is not None and self.feed.asked_too_soon(sequence)
         with self._lock:
             self._requests[family] += 1
             self._check_user_agent(request, "r2z2_user_agent")
+            if too_soon:
+                self._violate("r2z2_404_wait", request)
             response = self._r2z2_admission(request, time.monotonic())
             fault = None if response is not None else self._draw_fault()
             status = self._fault_status() if fault == "5xx" else 200
@@ -903,6 +972,8 @@ class FakeUpstream:
             response = self._r2z2_answer(request, route, fault, status)
         with self._lock:
             self._statuses["r2z2"][str(response.status)] += 1
+        if sequence is not None:
+            self.feed.note_request(sequence)
         if _accepts_gzip(request) and response.content_type == JSON_TYPE:
             _gzip(response, RAW_GZIP_LEVEL if response.stream is not None else ZKB_GZIP_LEVEL)
         return response
@@ -916,6 +987,10 @@ class FakeUpstream:
             family, handler = "r2z2_days", self._r2z2_day
         elif len(parts) == 3 and parts[:2] == ["history", "raw"]:
             family, handler = "r2z2_raw", self._r2z2_raw
+        elif parts == ["ephemeral", "sequence.json"]:
+            family, handler = "r2z2_sequence", self._r2z2_sequence
+        elif len(parts) == 2 and parts[0] == "ephemeral":
+            family, handler = "r2z2_package", self._r2z2_package
         else:
             return "other", _r2z2_not_found
         if request.method != "GET":
@@ -981,6 +1056,18 @@ class FakeUpstream:
             self._delivered_bodies.update(ids)
         return Response(200, stream=self._raw_chunks(ids))
 
+    def _r2z2_sequence(self, request: Request) -> Response:
+        """``{"sequence": N}``: the newest package as of sequence.json's last update."""
+        return Response.json(200, {"sequence": self.feed.published()})
+
+    def _r2z2_package(self, request: Request) -> Response:
+        """One live package as its JSON text; 404 when absent, expired or a hole."""
+        sequence = _package_sequence(request.path)
+        text = None if sequence is None else self.feed.package(sequence)
+        if text is None:
+            return _r2z2_not_found(request)
+        return Response(200, text.encode())
+
     def _raw_chunks(self, ids: list[int]) -> Iterator[bytes]:
         """Yield a raw day's JSON in chunks, joining the bodies' JSON texts as they are."""
         pieces = ["{"]
@@ -1019,6 +1106,26 @@ class FakeUpstream:
             return Response.json(200, {"ok": True})
         if action == "world" and request.method == "GET":
             return Response.json(200, self._describe_world())
+        if action.startswith("live"):
+            return self._control_live(action, request)
+        return Response.json(404, {"error": f"no control action {action!r}"})
+
+    def _control_live(self, action: str, request: Request) -> Response:
+        """``GET live``: the report; ``POST live/append`` and ``POST live/expire``."""
+        if action == "live" and request.method == "GET":
+            return Response.json(200, self.feed_report())
+        try:
+            payload = json.loads(request.body or b"{}")
+            if action == "live/append" and request.method == "POST":
+                late = payload.get("late_seconds")
+                late_seconds = None if late is None else float(late)
+                appended = self.feed_append(int(payload.get("count", 1)), late_seconds=late_seconds)
+                return Response.json(200, {"appended": appended})
+            if action == "live/expire" and request.method == "POST":
+                self.feed_expire_through(int(payload["through"]))
+                return Response.json(200, {"expired_through": int(payload["through"])})
+        except (TypeError, ValueError, KeyError, AttributeError) as error:
+            return Response.json(400, {"error": str(error)})
         return Response.json(404, {"error": f"no control action {action!r}"})
 
     def _describe_world(self) -> dict[str, Any]:
@@ -1162,6 +1269,14 @@ def _dumped_day(path: str) -> date | None:
     except ValueError:
         return None
     return day if day < datetime.now(UTC).date() else None
+
+
+def _package_sequence(path: str) -> int | None:
+    """The sequence number a path ``/r2z2/ephemeral/{N}.json`` names, if it names one."""
+    digits = path[len(R2Z2_PACKAGE_PREFIX) :].removesuffix(".json")
+    if not path.endswith(".json") or not digits.isdigit():
+        return None
+    return int(digits)
 
 
 def _r2z2_not_found(request: Request) -> Response:

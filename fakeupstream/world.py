@@ -219,6 +219,7 @@ class World:
         # UTC days whose R2Z2 raw dump is missing (404), as days before 2026-07 are.
         self.days_without_raw: set[date] = set()
         self._killmails: dict[int, Participation] = {}
+        self._version = 0  # counts registrations, so caches built meanwhile are not kept
         self._ascending: list[int] | None = None
         self._index: BodyIndex | None = None
         self._index_lock = threading.Lock()
@@ -281,6 +282,15 @@ class World:
             attackers = tuple(c for c in character_ids if c != victim)
             ids.append(self._register(moment, Participation(victim, attackers)))
         return ids
+
+    def add_feed_killmail(self, moment: datetime) -> int:
+        """Register a killmail no tracked character appears in (R2Z2's live feed's); return its id.
+
+        The id stands for `moment`, or the nearest free earlier second.
+        """
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        return self._register(moment.replace(microsecond=0), Participation(None, ()))
 
     def add_unresolvable(self, ids: set[int] | list[int]) -> None:
         """Make ids fail /universe/names/ and their detail routes, like brand-new ids do."""
@@ -400,12 +410,17 @@ class World:
         Bodies replaced through `served_bodies` are indexed as generated.
         """
         with self._index_lock:
-            if self._index is None:
+            index = self._index
+            if index is None:
+                # The live feed may register killmails from another thread meanwhile: index
+                # a snapshot, and keep it only if nothing was added during the build.
+                version = self._version
                 index = BodyIndex({}, {}, {})
-                for killmail_id in self._killmails:
+                for killmail_id in list(self._killmails):
                     _index_body(index, _BodyBuilder(self, killmail_id).build())
-                self._index = index
-            return self._index
+                if version == self._version:
+                    self._index = index
+            return index
 
     def referenced_entities(self) -> dict[str, set[int]]:
         """Return, by /universe/names/ category, every id that any killmail body references.
@@ -420,7 +435,7 @@ class World:
             "inventory_type": set(),
             "solar_system": set(),
         }
-        for killmail_id in self._killmails:
+        for killmail_id in list(self._killmails):
             _collect_references(self.body(killmail_id), found)
         return found
 
@@ -666,6 +681,7 @@ class World:
         while killmail_id in self._killmails:
             killmail_id -= 1
         self._killmails[killmail_id] = participation
+        self._version += 1
         self._ascending = None
         self._index = None
         for character_id in (*participation.attackers, participation.victim):
@@ -677,7 +693,10 @@ class World:
     def _ascending_ids(self) -> list[int]:
         ids = self._ascending
         if ids is None:
-            ids = self._ascending = sorted(self._killmails)
+            version = self._version
+            ids = sorted(self._killmails)
+            if version == self._version:
+                self._ascending = ids
         return ids
 
     def _body_matches(
