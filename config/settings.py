@@ -55,6 +55,7 @@ INSTALLED_APPS = [
     "killboard",
     "backfill",
     "enrichment",
+    "live",
     "api",
 ]
 
@@ -125,8 +126,9 @@ ESI_URL = env.str("ESI_URL", default="https://esi.evetech.net/")
 ZKILLBOARD_REQUESTS_PER_SECOND = env.float("ZKILLBOARD_REQUESTS_PER_SECOND", default=1.0)
 # zKillboard's static host: the day dumps (history/) and the live feed (ephemeral/).
 R2Z2_URL = env.str("R2Z2_URL", default="https://r2z2.zkillboard.com/")
-# Requests per second to R2Z2 from the whole deployment (R2Z2 allows 15 per IP).
-R2Z2_REQUESTS_PER_SECOND = env.float("R2Z2_REQUESTS_PER_SECOND", default=10.0)
+# Requests per second to R2Z2 from the whole deployment (R2Z2 allows 15 per IP). The live
+# follower alone needs about 11 at 10 killmails a second; 14 stays under R2Z2's 15.
+R2Z2_REQUESTS_PER_SECOND = env.float("R2Z2_REQUESTS_PER_SECOND", default=14.0)
 # The first UTC day R2Z2 publishes a raw dump for (history/raw/: full ESI killmails).
 R2Z2_RAW_SINCE = date.fromisoformat(env.str("R2Z2_RAW_SINCE", default="2026-07-01"))
 # Contact details put in the User-Agent of every upstream request, as both upstreams require.
@@ -138,6 +140,26 @@ BACKFILL_LEASE_SECONDS = env.int("BACKFILL_LEASE_SECONDS", default=120)
 # Seconds without progress after which the watchdog (beat) resumes a running job's steps:
 # the net under every message a crash or a broker restart may have lost.
 BACKFILL_STALLED_AFTER_SECONDS = env.int("BACKFILL_STALLED_AFTER_SECONDS", default=300)
+# Hours an update (`backfill TYPE ID --update`) reads back before the last complete run began:
+# zKillboard takes killmails up to 72 hours late, listed among those of their own time.
+BACKFILL_UPDATE_OVERLAP_HOURS = env.int("BACKFILL_UPDATE_OVERLAP_HOURS", default=72)
+
+# The live follower (`manage.py follow_live`, live.follower) of R2Z2's ephemeral feed.
+# Seconds between two looks at sequence.json when caught up (0.1 to 60).
+LIVE_POLL_SECONDS = env.float("LIVE_POLL_SECONDS", default=1.0)
+# Seconds the published head may stand still before the follower probes head+1 once (a slow
+# feed publishes sequence.json only every 51 killmails).
+LIVE_PROBE_AFTER_SECONDS = env.float("LIVE_PROBE_AFTER_SECONDS", default=6.0)
+# Seconds before a sequence that answered 404 is asked again: R2Z2's rule is at least 6.
+LIVE_NOT_FOUND_WAIT_SECONDS = env.float("LIVE_NOT_FOUND_WAIT_SECONDS", default=6.0)
+# The longest backoff after errors in a row (network, 5xx, garbage, database), in seconds.
+LIVE_MAX_BACKOFF_SECONDS = env.float("LIVE_MAX_BACKOFF_SECONDS", default=30.0)
+
+# The coverage ledger (backfill.coverage). Days compared again with R2Z2's totals.json at
+# every check whatever their count: killmails can be posted up to 72 hours late (days, >= 1).
+COVERAGE_RECENT_DAYS = env.int("COVERAGE_RECENT_DAYS", default=4)
+# Hours between two checks of the ledger by Celery beat (backfill.tasks.check_coverage, >= 1).
+COVERAGE_CHECK_HOURS = env.int("COVERAGE_CHECK_HOURS", default=3)
 
 # Celery: no broker means the embedded default, where tasks run in-process.
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="")
@@ -161,6 +183,7 @@ CELERY_TASK_ROUTES = {
     "backfill.tasks.fetch_bodies": {"queue": "esi_killmail"},
     "backfill.tasks.plan_job": {"queue": "zkillboard_backfill"},
     "backfill.tasks.fetch_day": {"queue": "r2z2_history"},
+    "backfill.tasks.check_coverage": {"queue": "r2z2_history"},
     "enrichment.tasks.resolve_names": {"queue": "esi_character_info_queue"},
     "enrichment.tasks.refresh_stale": {"queue": "esi_character_info_queue"},
     "backfill.tasks.resume_stalled_jobs": {"queue": "zkillboard_backfill"},
@@ -189,5 +212,10 @@ CELERY_BEAT_SCHEDULE = {
     "backfill-resume-stalled-jobs": {
         "task": "backfill.tasks.resume_stalled_jobs",
         "schedule": timedelta(seconds=min(60, BACKFILL_STALLED_AFTER_SECONDS / 4)),
+    },
+    "backfill-check-coverage": {
+        "task": "backfill.tasks.check_coverage",
+        "schedule": timedelta(hours=COVERAGE_CHECK_HOURS),
+        "options": {"queue": "r2z2_history"},
     },
 }

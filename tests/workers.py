@@ -184,6 +184,20 @@ def manage(
     )
 
 
+def start_follower(env: dict[str, str], output: Path, *args: str) -> subprocess.Popen[bytes]:
+    """Start `manage.py follow_live` in a process group of its own (so a kill takes it all),
+    its output appended to `output` (a pipe nobody reads could fill and stall it)."""
+    with output.open("ab") as stream:
+        return subprocess.Popen(
+            [sys.executable, str(ROOT / "manage.py"), "follow_live", *args],
+            cwd=ROOT,
+            env=env,
+            stdout=stream,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
 def wait_until(condition: Any, timeout: float, interval: float = 0.2) -> None:
     """Poll `condition()` until it is true; fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout

@@ -7,16 +7,26 @@ yet, and a day without a raw dump takes its bodies from ESI. R2Z2 allows 15 requ
 second per IP; every request first takes a slot of the deployment-wide limiter, and a 429
 blocks every process for the capped Retry-After.
 
+The live feed lives under `ephemeral/`: `sequence.json` (`{"sequence": N}`, a recent
+position, updated about every 51 killmails) and `{N}.json` (one package: the killmail's id,
+hash, ESI body, zkb, upload time). A 404 there means "not yet" (or gone: files live about a
+day); R2Z2 asks for at least 6 seconds before the same N is asked again, which the caller
+keeps (`live.follower`).
+
 The parsing is liberal where one bad entry must not fail a whole day: entries that are not
-what they should be are skipped and logged; the caller checks the hashes it keeps.
+what they should be are skipped and logged; the caller checks the hashes it keeps. A live
+package missing its id or hash is still returned whole (`LivePackage.raw`), so ingest can
+quarantine it rather than lose it; only an answer that is no JSON object is an error.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections.abc import Iterator
-from datetime import date, datetime
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
 from typing import IO, Any
 
 import requests
@@ -44,6 +54,63 @@ class R2z2Unavailable(R2z2Error, Unavailable):
 
 class R2z2Rejected(R2z2Error, Rejected):
     """A 4xx other than 404 and 429: permanent for this request, never retried."""
+
+
+@dataclass(frozen=True)
+class LivePackage:
+    """One package of the live feed, as liberal as it came.
+
+    `killmail_id`, `hash` and `uploaded_at` are None when missing or out of shape; `esi` and
+    `zkb` are whatever the package held under those keys (None when absent). `raw` is the
+    whole package, which is what ingest reads and quarantines if it breaks meaning.
+    """
+
+    sequence: int
+    killmail_id: int | None
+    hash: str | None
+    esi: Any
+    zkb: Any
+    uploaded_at: datetime | None
+    raw: dict[str, Any] = field(repr=False, compare=False)
+
+
+def parse_sequence(data: Any) -> int:
+    """The position in `{"sequence": N}`; `R2z2Unavailable` for anything else."""
+    value = data.get("sequence") if isinstance(data, dict) else None
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        value = int(value)
+    if type(value) is not int or value < 0:
+        raise R2z2Unavailable(f"ephemeral/sequence.json: no sequence in {str(data)[:80]!r}")
+    return value
+
+
+def parse_package(sequence: int, data: Any) -> LivePackage:
+    """A live package from its decoded JSON; `R2z2Unavailable` if it is not an object."""
+    if not isinstance(data, dict):
+        raise R2z2Unavailable(
+            f"ephemeral/{sequence}.json: expected an object, got {type(data).__name__}"
+        )
+    killmail_id = data.get("killmail_id")
+    killmail_hash = data.get("hash")
+    return LivePackage(
+        sequence=sequence,
+        killmail_id=killmail_id if type(killmail_id) is int and killmail_id > 0 else None,
+        hash=killmail_hash if isinstance(killmail_hash, str) else None,
+        esi=data.get("esi"),
+        zkb=data.get("zkb"),
+        uploaded_at=_unix_time(data.get("uploaded_at")),
+        raw=data,
+    )
+
+
+def _unix_time(value: Any) -> datetime | None:
+    """Unix seconds as an aware UTC datetime; None when missing or not a sane number."""
+    if type(value) not in (int, float) or not math.isfinite(value) or value < 0:
+        return None
+    try:
+        return datetime.fromtimestamp(value, UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
 
 
 def day_name(day: date) -> str:
@@ -98,11 +165,23 @@ def _day(key: str) -> date | None:
 
 
 class R2z2Client(PacedClient):
-    """Reads R2Z2's day dumps within the deployment-wide request rate."""
+    """Reads R2Z2's day dumps and live feed within the deployment-wide request rate."""
 
     LIMIT_NAME = LIMIT_NAME
     TIMEOUT = TIMEOUT
     DEFAULT_RETRY_AFTER = DEFAULT_RETRY_AFTER
+
+    def sequence(self) -> int:
+        """The live feed's published position (`ephemeral/sequence.json`)."""
+        data = self._get_json("ephemeral/sequence.json")
+        if data is None:
+            raise R2z2Unavailable("ephemeral/sequence.json: HTTP 404")
+        return parse_sequence(data)
+
+    def package(self, sequence: int) -> LivePackage | None:
+        """The live package at `sequence`; None on 404 (not yet, gone, or never there)."""
+        data = self._get_json(f"ephemeral/{sequence}.json")
+        return None if data is None else parse_package(sequence, data)
 
     def totals(self) -> dict[date, int]:
         """Killmails per UTC day, for every dumped day (the current day is not), ascending."""
