@@ -4,8 +4,9 @@
 `startKillmailBackfill(input: {characterId, options: {fromDate, maxPages, limit,
 skipExisting}}) { success message queuedAt job { id status } }`. `startBackfill(input:
 {targetType, targetId, options})` starts a backfill of any target zKillboard lists, with the
-same options (and `toDate`) and the same payload. Invalid input answers `success: false`
-with the same one-line message as the CLI, and queues nothing.
+same options (and `toDate`, and `update`: only what arrived since the last complete run) and
+the same payload. Invalid input answers `success: false` with the same one-line message as
+the CLI, and queues nothing.
 
 Limits: operation depth, tokens and aliases per document, and page sizes, so one request
 cannot ask for the whole database.
@@ -27,7 +28,7 @@ from strawberry.permission import BasePermission
 from strawberry.schema.config import StrawberryConfig
 from strawberry.types import Info
 
-from backfill import lifecycle, planning, tasks
+from backfill import lifecycle, planning, tasks, updates
 from backfill.models import BackfillJob
 from backfill.paging import ZKB_PAGE_SIZE
 from backfill.planner import Plan
@@ -107,6 +108,10 @@ class BackfillJobType:
     max_pages: int | None
     limit: int
     skip_existing: bool
+    update_since: datetime | None = strawberry.field(
+        description="An update: it read back to this (the last complete run's start less the "
+        "late-arrival overlap); null for a whole backfill."
+    )
     plan: list[str] = strawberry.field(
         description="The plan in words, as `backfill --estimate` prints it; empty until planned."
     )
@@ -148,9 +153,10 @@ class BackfillJobType:
             max_pages=job.max_pages,
             limit=job.limit,
             skip_existing=job.skip_existing,
-            plan=plan.lines(planning.rates()) if plan else [],
+            update_since=job.update_since,
+            plan=[*updates.plan_lines(job, plan), *plan.lines(planning.rates())] if plan else [],
             **job.counts(),
-            summary=job.summary_line(),
+            summary=updates.summary_line(job),
             progress=job.progress,
             duration_seconds=duration.total_seconds() if duration else None,
             eta_seconds=eta.total_seconds() if eta else None,
@@ -366,6 +372,11 @@ class BackfillOptionsInput:
     max_pages: int | None = None
     limit: int | None = strawberry.field(default=None, description="Killmails a page, 1..200.")
     skip_existing: bool = True
+    update: bool = strawberry.field(
+        default=False,
+        description="Read only what arrived since the target's last complete backfill (late "
+        "arrivals included) and the months it left short; takes no fromDate or toDate.",
+    )
 
 
 @strawberry.input
@@ -456,6 +467,7 @@ def _start_backfill(
             max_pages=options.max_pages,
             limit=ZKB_PAGE_SIZE if options.limit is None else options.limit,
             skip_existing=options.skip_existing,
+            update=options.update,
         )
     except lifecycle.InvalidBackfill as exc:
         return StartKillmailBackfillPayload(success=False, message=str(exc))

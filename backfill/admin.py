@@ -1,5 +1,6 @@
 """Backfill in the admin: start jobs of any target, watch them, cancel, resume, retry their
-failures; the day coverage the day dumps measured.
+failures; the coverage ledger (days, targets' months, live gaps), each with a chart of its
+months drawn in plain HTML and CSS.
 
 Options are validated by `backfill.lifecycle.build_job`, so the admin shows the same one-line
 errors as `manage.py backfill`. Starting work needs the custom permission
@@ -23,12 +24,20 @@ from django.contrib import admin
 from django.core.exceptions import ValidationError
 from django.db.models import Case, Count, F, OuterRef, Q, QuerySet, Subquery, Sum, Value, When
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.template.loader import render_to_string
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
-from backfill import lifecycle, planning, tasks
-from backfill.models import BackfillJob, DayCoverage, FailedKillmail
+from backfill import coverage, lifecycle, planning, tasks
+from backfill.coverage import MonthCoverage
+from backfill.models import (
+    BackfillJob,
+    CoverageGap,
+    DayCoverage,
+    FailedKillmail,
+    TargetMonthCoverage,
+)
 from backfill.paging import ZKB_PAGE_SIZE
 from backfill.planner import Plan
 from killboard.admin import AdminExtension, ReadOnlyAdmin, extend_admin
@@ -48,6 +57,38 @@ TARGET_ENTITIES: dict[str, type[Entity]] = {
 }
 # Days listed on a job's page (a history job of years has thousands): unfinished days first.
 DAY_ROWS_SHOWN = 100
+# Months of the whole store's chart above the day coverage list.
+STORE_MONTHS_SHOWN = 12
+
+
+def coverage_chart(months: list[MonthCoverage], caption: str, *, show_days: bool = False) -> str:
+    """Months (newest first) as a bar chart in HTML and CSS: zKillboard's count and the
+    store's, on the scale of the busiest month. `show_days`: the short days of each month."""
+    scale = max((max(m.zkb_count, m.stored_count) for m in months), default=0) or 1
+    rows = [
+        {
+            "label": month.label,
+            "zkb_count": month.zkb_count,
+            "stored_count": month.stored_count,
+            "missing": month.missing,
+            "state": month.state,
+            "days": month.days,
+            "short_days": month.short_days,
+            "zkb_width": round(100 * month.zkb_count / scale, 1),
+            "stored_width": round(100 * month.stored_count / scale, 1),
+        }
+        for month in months
+    ]
+    context = {"rows": rows, "caption": caption, "show_days": show_days}
+    return render_to_string("admin/backfill/coverage_chart.html", context)
+
+
+def with_panel(response: HttpResponse, panel: str) -> HttpResponse:
+    """A change list's response with `panel` (HTML) shown first above the list."""
+    context = getattr(response, "context_data", None)
+    if context is not None and panel:
+        context["extension_panels"] = [panel, *context.get("extension_panels", [])]
+    return response
 
 
 def _whole_number(value: str, default: int | None) -> int | str | None:
@@ -232,6 +273,7 @@ JOB_FIELDSETS: list[tuple[str | None, dict[str, Any]]] = [
     ("Times", {"fields": ("created_at", "started_at", "finished_at", "updated_at")}),
 ]
 DAY_FIELDS = ("days_done", "day_rows")
+MONTH_FIELDS = ("month_coverage",)
 
 
 @admin.register(BackfillJob)
@@ -256,6 +298,7 @@ class BackfillJobAdmin(StartBackfillPermission, admin.ModelAdmin):
     readonly_fields = (
         *(name for _, options in JOB_FIELDSETS for name in options["fields"]),
         *DAY_FIELDS,
+        *MONTH_FIELDS,
     )
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
@@ -276,10 +319,12 @@ class BackfillJobAdmin(StartBackfillPermission, admin.ModelAdmin):
     def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> list[tuple[Any, dict]]:
         if obj is None:
             return [(None, {"fields": list(BackfillJobAddForm.field_order)})]
-        if not obj.days.exists():
-            return JOB_FIELDSETS
-        days = ("Day dumps", {"fields": DAY_FIELDS})
-        return [*JOB_FIELDSETS[:4], days, *JOB_FIELDSETS[4:]]
+        more = []
+        if obj.days.exists():
+            more.append(("Day dumps", {"fields": DAY_FIELDS}))
+        if obj.target_type != TargetType.HISTORY:
+            more.append(("Coverage by month", {"fields": MONTH_FIELDS}))
+        return [*JOB_FIELDSETS[:4], *more, *JOB_FIELDSETS[4:]]
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
         return self.readonly_fields if obj is not None else ()
@@ -402,6 +447,13 @@ class BackfillJobAdmin(StartBackfillPermission, admin.ModelAdmin):
             more,
         )
 
+    @admin.display(description="target's months")
+    def month_coverage(self, obj: BackfillJob) -> str:
+        return coverage_chart(
+            coverage.target_months(obj.target_type, obj.target_id),
+            f"{obj.target}: zKillboard's statistics against the store, by month",
+        )
+
     # -- actions -----------------------------------------------------------------------------
 
     @admin.action(description="Cancel", permissions=["change"])
@@ -430,9 +482,10 @@ class BackfillJobAdmin(StartBackfillPermission, admin.ModelAdmin):
 
 @admin.register(DayCoverage)
 class DayCoverageAdmin(ReadOnlyAdmin):
-    """The store's coverage of each UTC day, as the day dumps measured it: read-only."""
+    """The store's coverage of each UTC day, as the day dumps measured it: read-only, under
+    a chart of the whole store's last months."""
 
-    list_display = ("day", "zkillboard_count", "stored", "complete", "checked")
+    list_display = ("day", "zkillboard_count", "stored", "state", "complete", "checked")
     list_filter = ("complete",)
     date_hierarchy = "day"
     list_per_page = 100
@@ -449,6 +502,105 @@ class DayCoverageAdmin(ReadOnlyAdmin):
     @admin.display(description="checked", ordering="checked_at")
     def checked(self, obj: DayCoverage) -> Any:
         return obj.checked_at
+
+    @admin.display(description="state")
+    def state(self, obj: DayCoverage) -> str:
+        return _state_badge(obj.zkb_count, obj.stored_count)
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        chart = coverage_chart(
+            coverage.store_months(STORE_MONTHS_SHOWN),
+            f"The whole store, last {STORE_MONTHS_SHOWN} months: zKillboard's count (R2Z2 "
+            "totals.json) against the store's",
+            show_days=True,
+        )
+        return with_panel(super().changelist_view(request, extra_context), chart)
+
+
+def _state_badge(zkb_count: int, stored_count: int) -> str:
+    """complete, extra, or short highlighted."""
+    state = coverage.day_state(zkb_count, stored_count)
+    if state != "short":
+        return state
+    return format_html('<strong class="coverage-short" style="color: #ef6c00">{}</strong>', state)
+
+
+@admin.register(TargetMonthCoverage)
+class TargetMonthCoverageAdmin(ReadOnlyAdmin):
+    """Each backfill target's months: zKillboard's statistics against the store, read-only.
+    Filtered to one target, the list shows its chart; each row's page shows its target's."""
+
+    list_display = (
+        "target_type",
+        "target_id",
+        "month",
+        "zkb_count",
+        "stored_count",
+        "state",
+        "checked_at",
+    )
+    list_filter = ("target_type",)
+    search_fields = ("=target_id",)
+    list_per_page = 100
+    fields = readonly_fields = (*list_display, "chart")
+
+    @admin.display(description="state")
+    def state(self, obj: TargetMonthCoverage) -> str:
+        return _state_badge(obj.zkb_count, obj.stored_count)
+
+    @admin.display(description="the target's months")
+    def chart(self, obj: TargetMonthCoverage) -> str:
+        return _target_chart(obj.target_type, obj.target_id)
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        response = super().changelist_view(request, extra_context)
+        context = getattr(response, "context_data", None) or {}
+        if "cl" not in context:
+            return response
+        targets = context["cl"].queryset.values_list("target_type", "target_id").distinct()
+        found = list(targets.order_by()[:2])
+        return with_panel(response, _target_chart(*found[0]) if len(found) == 1 else "")
+
+
+def _target_chart(target_type: str, target_id: int) -> str:
+    return coverage_chart(
+        coverage.target_months(target_type, target_id),
+        f"{target_type.replace('_', ' ')} {target_id}: zKillboard's statistics against the "
+        "store, by month",
+    )
+
+
+@admin.register(CoverageGap)
+class CoverageGapAdmin(ReadOnlyAdmin):
+    """Stretches of the live feed the follower missed, and their repair by the day dumps."""
+
+    list_display = (
+        "id",
+        "first_sequence",
+        "last_sequence",
+        "start",
+        "end",
+        "repair",
+        "closed_at",
+        "noted_at",
+    )
+    list_filter = (("closed_at", admin.EmptyFieldListFilter),)
+    fields = readonly_fields = list_display[1:]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        return super().get_queryset(request).select_related("repair_job")
+
+    @admin.display(description="repair job", ordering="repair_job")
+    def repair(self, obj: CoverageGap) -> str:
+        job = obj.repair_job
+        if job is None:
+            return "-"
+        url = reverse("admin:backfill_backfilljob_change", args=[job.pk])
+        return format_html('<a href="{}">#{} {}</a>', url, job.pk, job.status)
 
 
 # -- "Backfill this character", corporation, alliance ----------------------------------------

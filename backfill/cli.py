@@ -20,7 +20,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import close_old_connections, connection
 from tqdm import tqdm
 
-from backfill import lifecycle, planning, tasks
+from backfill import lifecycle, planning, tasks, updates
 from backfill.models import BackfillJob
 from backfill.planner import Plan
 from killboard.inputs import parse_whole_number
@@ -60,10 +60,14 @@ class JobCommand(BaseCommand):
         except UpstreamError as exc:
             raise CommandError(f"no estimate: {exc}") from None
         if options["json"]:
-            self.stdout.write(json.dumps(plan.as_dict()))
+            since = job.update_since.isoformat() if job.update_since else None
+            self.stdout.write(json.dumps({**plan.as_dict(), "update_since": since}))
             return
-        self.stdout.write(f"Plan for a backfill of {job.target}:")
-        for line in plan.lines(planning.rates()):
+        self.stdout.write(f"Plan for {updates.title(job)}:")
+        run = None
+        if job.update_since:
+            run = updates.last_complete_run(job.target_type, job.target_id)
+        for line in [*updates.plan_lines(job, plan, run), *plan.lines(planning.rates())]:
             self.stdout.write(f"  {line}")
 
     def run(self, job: BackfillJob, options: dict[str, Any]) -> None:
@@ -83,7 +87,8 @@ class JobCommand(BaseCommand):
             # first: one thread at a time runs tasks in this process.
             runner.join()
         job.refresh_from_db()
-        self.stdout.write(json.dumps(job.summary()) if options["json"] else job.summary_line())
+        summary = json.dumps(updates.summary(job)) if options["json"] else updates.summary_line(job)
+        self.stdout.write(summary)
         if in_process:
             self._resolve_names(self.stderr if options["json"] else self.stdout)
         if job.status == BackfillJob.Status.FAILED:

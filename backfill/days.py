@@ -1,13 +1,14 @@
 """A job's work from R2Z2's day dumps, one UTC day at a time.
 
 A history job's day lists the day's ids (`history/YYYYMMDD.json`), leaves out those stored
-already, takes the bodies from the day's raw dump (`history/raw/YYYYMMDD.json`, streamed,
-never read whole) and hands what it lacks to ESI as pending bodies; its days run in any
-order. A scoped job's day takes from the raw dump the bodies its pages lacked (held for the
-dense months of its plan). Its days are a walk per month, newest first: each dump read tells
-its first and last killmail id, so the next day is the one most likely to hold the newest
-body still wanted (`planner.next_dump_day`), and days that cannot hold any are skipped. What
-no dump holds goes to ESI.
+already, takes the bodies from the day's raw dump (`history/raw/YYYYMMDD.json`, streamed, never
+read whole) when it lacks two or more (one download whatever the day holds), and hands what is
+still missing to ESI as pending bodies; its days run in any order. After each day the coverage
+ledger (`backfill.coverage`) notes the day again. A scoped job's day takes from the raw dump
+the bodies its pages lacked (held for the dense months of its plan). Its days are a walk per
+month, newest first: each dump read tells its first and last killmail id, so the next day is
+the one most likely to hold the newest body still wanted (`planner.next_dump_day`), and days
+that cannot hold any are skipped. What no dump holds goes to ESI.
 
 A day is owned through a claim on its row (a conditional UPDATE), like a page's lease; each
 batch of bodies is stored in one transaction with its counters, so a worker killed in the
@@ -21,17 +22,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Count, F, Q
-from django.db.models.functions import TruncDate
 from django.utils import timezone
 
-from backfill import planner
-from backfill.models import BackfillDay, BackfillJob, DayCoverage, FailedKillmail, PendingKillmail
+from backfill import coverage, planner
+from backfill.models import BackfillDay, BackfillJob, FailedKillmail, PendingKillmail
 from killboard.ingest import ingest_killmails
 from killboard.models import Killmail
 from killboard.readers import UnreadableFile, read_stream
@@ -215,7 +215,8 @@ def _history_day(job: BackfillJob, row: BackfillDay, r2z2: R2z2Client) -> DayOut
     stored_before = row.stored
     stored = _stored_among(hashes)
     wanted = {i: {"hash": h} for i, h in hashes.items() if i not in stored}
-    if wanted and row.day >= settings.R2Z2_RAW_SINCE:
+    # The raw dump is one download whatever the day holds: worth it for two bodies or more.
+    if wanted and row.day >= settings.R2Z2_RAW_SINCE and planner.is_dense(len(wanted), 1):
         _take_from_raw(job, row, wanted, r2z2, held=False)
     unfetchable = {i: z for i, z in wanted.items() if not is_killmail_hash(z["hash"])}
     to_esi = {i: z for i, z in wanted.items() if i not in unfetchable}
@@ -245,7 +246,7 @@ def _history_day(job: BackfillJob, row: BackfillDay, r2z2: R2z2Client) -> DayOut
             failed=len(unfetchable),
         )
         _mark_done(row)
-    record_coverage([(row.day, row.count)])
+    coverage.record_coverage([(row.day, row.count)])
     return DayOutcome(sorted(to_esi, reverse=True))
 
 
@@ -320,41 +321,4 @@ def _mark_done(row: BackfillDay, bounds: tuple[int, int] | None = None) -> None:
     first_id, last_id = bounds or (None, None)
     BackfillDay.objects.filter(pk=row.pk).update(
         done_at=timezone.now(), claimed_until=None, first_id=first_id, last_id=last_id
-    )
-
-
-def stored_per_day(first: date, last: date) -> dict[date, int]:
-    """Killmails the store holds per UTC day of first..last."""
-    start = datetime.combine(first, datetime.min.time(), tzinfo=UTC)
-    end = datetime.combine(last + timedelta(days=1), datetime.min.time(), tzinfo=UTC)
-    rows = (
-        Killmail.objects.filter(killmail_time__gte=start, killmail_time__lt=end)
-        .annotate(day=TruncDate("killmail_time", tzinfo=UTC))
-        .values("day")
-        .annotate(count=Count("killmail_id"))
-        .values_list("day", "count")
-    )
-    return dict(rows)
-
-
-def record_coverage(days: list[tuple[date, int]]) -> None:
-    """Note how many of each day's killmails the store holds against zKillboard's count."""
-    if not days:
-        return
-    stored = stored_per_day(min(day for day, _ in days), max(day for day, _ in days))
-    now = timezone.now()
-    DayCoverage.objects.bulk_create(
-        [
-            DayCoverage(
-                day=day,
-                zkb_count=zkb_count,
-                stored_count=stored.get(day, 0),
-                complete=stored.get(day, 0) >= zkb_count,
-                checked_at=now,
-            )
-            for day, zkb_count in days
-        ],
-        update_conflicts=True,
-        unique_fields=["day"],
-        update_fields=["zkb_count", "stored_count", "complete", "checked_at"],
     )

@@ -14,7 +14,7 @@ messages do no work twice, and a job cannot end twice or come back from an end b
 from __future__ import annotations
 
 import logging
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -22,7 +22,7 @@ from django.db import transaction
 from django.db.models import Case, Exists, OuterRef, Q, Value, When
 from django.utils import timezone
 
-from backfill import days
+from backfill import coverage, days, updates
 from backfill.models import BackfillDay, BackfillJob, PendingKillmail
 from backfill.paging import ZKB_PAGE_SIZE
 from killboard.inputs import InvalidInput, parse_date, parse_positive_id
@@ -72,9 +72,11 @@ def build_job(
     max_pages: int | None = None,
     limit: int = ZKB_PAGE_SIZE,
     skip_existing: bool = True,
+    update: bool = False,
 ) -> BackfillJob:
     """A queued job with these options, not saved (an estimate needs no row); `InvalidBackfill`
-    if an option is bad."""
+    if an option is bad. `update`: read only what arrived since the target's last complete
+    run (`backfill.updates`)."""
     if target_type not in TARGET_TYPES:
         raise InvalidBackfill(f"target type must be one of {', '.join(TARGET_TYPES)}")
     try:
@@ -96,7 +98,24 @@ def build_job(
         max_pages=max_pages,
         limit=limit,
         skip_existing=skip_existing,
+        update_since=_update_since(target_type, target, start, end) if update else None,
     )
+
+
+def _update_since(
+    target_type: str, target_id: int, start: date | None, end: date | None
+) -> datetime:
+    """Where an update of the target reads back to; `InvalidBackfill` when it cannot run."""
+    if start or end:
+        raise InvalidBackfill(
+            "--update reads what arrived since the last complete run: "
+            "it takes no --from-date or --to-date"
+        )
+    run = updates.last_complete_run(target_type, target_id)
+    if run is None:
+        what = f"{target_type.replace('_', ' ')} {target_id}"
+        raise InvalidBackfill(f"no complete backfill of {what} yet: run it without --update")
+    return updates.since(run)
 
 
 def create_history_job(from_date: Any, to_date: Any = None) -> BackfillJob:
@@ -225,13 +244,14 @@ def finish_if_done(job_id: int) -> bool:
     )
     if ended:
         # A history job's days are measured again now that ESI has given what it could.
-        days.record_coverage(
+        coverage.record_coverage(
             list(
                 BackfillDay.objects.filter(
                     job_id=job_id, job__target_type=BackfillJob.TargetType.HISTORY
                 ).values_list("day", "count")
             )
         )
+        coverage.record_target_months(BackfillJob.objects.get(pk=job_id))
     return ended
 
 

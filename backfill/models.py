@@ -81,7 +81,7 @@ class BackfillJob(models.Model):
     from_date = models.DateField(null=True, blank=True, help_text="Only killmails on or after.")
     to_date = models.DateField(null=True, blank=True, help_text="Only killmails on or before.")
     # An incremental run (`backfill TYPE ID --update`): pages newer than this (the last
-    # complete run's end less the late-arrival overlap) are read; the listing stops at the
+    # complete run's start less the late-arrival overlap) are read; the listing stops at the
     # first page older than it whose killmails are all stored.
     update_since = models.DateTimeField(null=True, blank=True)
     max_pages = models.PositiveIntegerField(null=True, blank=True, help_text="Empty: no bound.")

@@ -6,7 +6,9 @@ newest month first) listing only killmails older than the last one of page 100. 
 fewer than 200 killmails ends its listing. `from_date` ends the walk at the first killmail
 before it; `max_pages x limit` bounds the killmails listed. With `to_date` the walk is month
 by month from to_date's month. When zKillboard's statistics tell which months hold killmails
-(`months`, YYYYMM), the month walk skips the others.
+(`months`, YYYYMM), the month walk skips the others. An update (`backfill.updates`) ends its
+whole-history listing at the first page all stored and older than `update_since`, then walks
+only the given (short) months before update_since's month.
 
 A job's place is its cursor: `all/N` (page N of the whole history) or `YYYY-MM/N` (page N of
 one month). Nothing here touches the database, the network or the clock: callers pass in
@@ -141,3 +143,16 @@ def next_cursor(
         begin = oldest or now
         return make_cursor(begin.year, begin.month, 1)
     return _month_walk_from(_month_before(year, month), start, months)
+
+
+def update_stops(all_stored: bool, oldest: datetime | None, update_since: datetime) -> bool:
+    """Whether an update's whole-history listing ends with this page: every killmail on it
+    was stored already and its oldest is older than `update_since` (a page with one killmail
+    not stored yet never ends it: the pages after it may hold more)."""
+    return all_stored and oldest is not None and oldest < update_since
+
+
+def update_walk(update_since: datetime, start: date, months: Collection[int]) -> str | None:
+    """Where an update goes once its listing stopped: page 1 of the newest of `months` (the
+    short ones) before update_since's month, back to `start`; None when there is none."""
+    return _month_walk_from(_month_before(update_since.year, update_since.month), start, months)

@@ -243,12 +243,13 @@ def plan_history(
     days = [first + timedelta(days=n) for n in range((last - first).days + 1)]
     todo = [d for d in days if d not in complete or complete[d] != totals.get(d, 0)]
     missing = {d: max(0, totals.get(d, 0) - stored.get(d, 0)) for d in todo}
-    with_raw = [d for d in todo if d >= raw_since and missing[d]]
+    # A raw dump is one download whatever the day holds: taken for two missing bodies or more.
+    with_raw = {d for d in todo if d >= raw_since and is_dense(missing[d], 1)}
     return Plan(
         kind="history",
         killmails=sum(totals.get(d, 0) for d in days),
         dump_downloads=1 + len(todo) + len(with_raw),
-        esi_calls=sum(missing[d] for d in todo if d < raw_since),
+        esi_calls=sum(missing[d] for d in todo if d not in with_raw),
         days=[[d.isoformat(), totals.get(d, 0)] for d in todo],
         days_skipped=len(days) - len(todo),
         days_with_raw=len(with_raw),

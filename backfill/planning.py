@@ -15,7 +15,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from backfill import days, paging, planner
+from backfill import coverage, days, paging, planner, updates
 from backfill.models import BackfillDay, BackfillJob, DayCoverage
 from backfill.planner import Plan, Rates
 from killboard.models import Alliance, Character, Corporation
@@ -94,7 +94,7 @@ def history_plan(from_date: date, to_date: date | None, r2z2: R2z2Client) -> Pla
         first=from_date,
         last=last,
         complete=complete,
-        stored=days.stored_per_day(from_date, last),
+        stored=coverage.stored_per_day(from_date, last),
         raw_since=settings.R2Z2_RAW_SINCE,
     )
 
@@ -125,6 +125,9 @@ def plan_job(job_id: int, zkb: ZkillboardClient, r2z2: R2z2Client) -> BackfillJo
             bound=job.max_killmails,
             zkb=zkb,
         )
+        coverage.record_target_months(job, dict(plan.months))
+        if job.update_since:  # only the months since, and the short ones; no day dumps
+            plan = updates.update_plan(job, plan)
         start = target_start(job.target_type, job.target_id, job.from_date)
         cursor = paging.first_cursor(job.to_date, start, plan.listed_months)
         _store_plan(job, plan, cursor=cursor)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -23,7 +23,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from backfill import days, lifecycle, paging, planner, planning
+from backfill import days, lifecycle, paging, planner, planning, updates
 from backfill.models import BackfillJob, FailedKillmail, PendingKillmail
 from backfill.planner import Plan
 from killboard.ingest import Rejection, ingest_killmails, quarantine, update_zkb
@@ -128,7 +128,8 @@ def process_page(job_id: int, cursor: str, zkb: ZkillboardClient, esi: EsiClient
         if paging.ends_whole_history(year, page):
             boundary_id = items[-1].killmail_id
     done = done or paging.reached_from_date(oldest, job.from_date)
-    next_cursor = None if done else _next_cursor(job, plan, year, month, page, full, oldest)
+    stop = _update_stops(job, year, items)
+    next_cursor = None if done else _next_cursor(job, plan, year, month, page, full, oldest, stop)
     if year:
         months: list[int | None] = [planner.month_key(year, month)] * len(items)
     else:
@@ -159,8 +160,11 @@ def process_page(job_id: int, cursor: str, zkb: ZkillboardClient, esi: EsiClient
 def _walk_start(job: BackfillJob, plan: Plan | None, items: list[PageItem]) -> datetime | None:
     """Where the month walk begins after a full page 100 whose last killmail came without a
     body: the month the statistics place it in, rather than an ESI call for its time (the
-    walk's first month page checks the guess). None: the body or the statistics are there."""
+    walk's first month page checks the guess). None: the body or the statistics are there,
+    or the job is an update (its plan counts only some months)."""
     if not items or items[-1].body is not None or not (plan and plan.statistics):
+        return None
+    if job.update_since:
         return None
     month = paging.month_at(job.killmails_listed + len(items) - 1, plan.months)
     return None if month is None else datetime(month // 100, month % 100, 1, tzinfo=UTC)
@@ -199,8 +203,10 @@ def _next_cursor(
     page: int,
     full: bool,
     oldest: datetime | None,
+    stop: bool = False,
 ) -> str | None:
-    """The cursor after this page (`paging.next_cursor`), with what it needs looked up."""
+    """The cursor after this page (`paging.next_cursor`), with what it needs looked up.
+    `stop`: an update's listing ends here, and its walk of the short months begins."""
     if year and full and page >= paging.ZKB_MAX_PAGE:
         logger.warning(
             "Job %s: month %s-%s has more than 20,000 killmails; zKillboard serves no more",
@@ -210,12 +216,17 @@ def _next_cursor(
         )
     # Only a step back to the month before needs the walk's first month (and with it, maybe,
     # the birthday): a page that goes on within its month costs no query.
-    steps_back = year and not (full and page < paging.ZKB_MAX_PAGE)
+    steps_back = stop or (year and not (full and page < paging.ZKB_MAX_PAGE))
     start = (
         planning.target_start(job.target_type, job.target_id, job.from_date)
         if steps_back
         else paging.HISTORY_START
     )
+    months = _walk_months(job, plan) if steps_back else None
+    if stop and job.update_since:
+        walk = paging.update_walk(job.update_since, start, months or ())
+        logger.info("Job %s: update listing ends at page %s; then %s", job.pk, page, walk)
+        return walk
     return paging.next_cursor(
         year,
         month,
@@ -224,8 +235,30 @@ def _next_cursor(
         oldest=oldest,
         start=start,
         now=timezone.now(),
-        months=plan.listed_months if plan else None,
+        months=months,
     )
+
+
+def _walk_months(job: BackfillJob, plan: Plan | None) -> Collection[int] | None:
+    """The months a month walk may read (None: any): those the statistics count killmails
+    in; for an update, those since update_since's month and the short ones before it."""
+    if job.update_since:
+        return updates.walk_months(job, plan)
+    return plan.listed_months if plan else None
+
+
+def _update_stops(job: BackfillJob, year: int, items: list[PageItem]) -> bool:
+    """Whether an update's whole-history listing ends with this page (`paging.update_stops`),
+    judged before the page is stored. Only a page whose killmails are all stored can end it,
+    so the store's killmail_time gives the time of its oldest."""
+    if job.update_since is None or year or not items:
+        return False
+    ids = {item.killmail_id for item in items}
+    times = dict(
+        Killmail.objects.filter(killmail_id__in=ids).values_list("killmail_id", "killmail_time")
+    )
+    oldest = min(times.values(), default=None)
+    return paging.update_stops(len(times) == len(ids), oldest, job.update_since)
 
 
 def _store_page(

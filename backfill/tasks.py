@@ -1,6 +1,6 @@
 """Backfill tasks: a plan task per job, then a chain of page tasks, body tasks fanned out
 from each page, and day tasks for the day dumps (a history job's days, a scoped job's dense
-months).
+months). Celery beat runs the watchdog of stalled jobs and the coverage ledger's check.
 
 Tasks are thin: they take ids, call a service, and queue the next step after the commit.
 Every task is idempotent (leases and claims in the database decide who does what), so they
@@ -20,7 +20,7 @@ from celery import Task, shared_task
 from django.conf import settings
 from django.db import transaction
 
-from backfill import days, lifecycle, planning, services
+from backfill import coverage, days, lifecycle, planning, services
 from backfill.models import BackfillJob
 from config import retries
 from config.retries import RetryingTask
@@ -197,6 +197,19 @@ def resume_stalled_jobs(self: RetryingTask) -> int:
         lifecycle.touch(job.pk)
         queue_job_steps(job.pk)
     return len(jobs)
+
+
+@shared_task(**TASK_OPTIONS)
+def check_coverage(self: RetryingTask, failures: int = 0) -> int:
+    """Beat: compare the coverage ledger with totals.json, start the repairs of live gaps."""
+    try:
+        outcome = coverage.recheck(clients.r2z2_client(ratelimit))
+    except retries.ERRORS as exc:
+        retries.handle(self, exc, record=partial(logger.error, "Coverage check gave up: %s"))
+        return 0
+    for job_id in outcome.repair_jobs:
+        start_job(job_id)
+    return len(outcome.checked)
 
 
 def queue_job_steps(job_id: int) -> None:

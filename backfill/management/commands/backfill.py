@@ -1,5 +1,6 @@
 """Backfill the killmails of any zKillboard target: a character, corporation, alliance, ship
-type, solar system or region, newest first."""
+type, solar system or region, newest first; with --update, only what arrived since its last
+complete backfill (`backfill.updates`)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ from typing import Any
 
 from django.core.management.base import CommandError, CommandParser
 
-from backfill import lifecycle, planning
+from backfill import lifecycle, planning, updates
 from backfill.cli import JobCommand, whole_number
+from backfill.models import BackfillJob
+from backfill.planner import Plan
 from killboard import ratelimit
 from killboard.inputs import InvalidInput
 from upstream import clients
@@ -38,6 +41,12 @@ class Command(JobCommand):
             dest="skip_existing",
             help="also refresh the zkb values of killmails already stored",
         )
+        parser.add_argument(
+            "--update",
+            action="store_true",
+            help="read only what arrived since the last complete run (late arrivals included) "
+            "and the months it left short",
+        )
         self.add_run_arguments(parser)
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -51,18 +60,21 @@ class Command(JobCommand):
                 max_pages=whole_number(options["max_pages"], "--max-pages"),
                 limit=whole_number(options["limit"], "--limit"),
                 skip_existing=options["skip_existing"],
+                update=options["update"],
             )
         except InvalidInput as exc:  # InvalidBackfill, or a bad --max-pages/--limit
             raise CommandError(str(exc)) from None
-        self.estimate_or_run(
-            job,
-            options,
-            lambda: planning.scoped_plan(
-                job.target_type,
-                job.target_id,
-                from_date=job.from_date,
-                to_date=job.to_date,
-                bound=job.max_killmails,
-                zkb=clients.zkillboard_client(ratelimit),
-            ),
-        )
+        self.estimate_or_run(job, options, lambda: _plan(job))
+
+
+def _plan(job: BackfillJob) -> Plan:
+    """The plan `--estimate` prints: the whole history's, or an update's part of it."""
+    plan = planning.scoped_plan(
+        job.target_type,
+        job.target_id,
+        from_date=job.from_date,
+        to_date=job.to_date,
+        bound=job.max_killmails,
+        zkb=clients.zkillboard_client(ratelimit),
+    )
+    return updates.update_plan(job, plan) if job.update_since else plan
