@@ -21,7 +21,7 @@ from pathlib import Path
 from benchmarks.environment import Row, drop_database, setup_django
 
 # Benchmark modules, in the order they run; each has run() -> list[Row].
-BENCHMARKS = ("ingest", "enrichment", "backfill", "memory", "history")
+BENCHMARKS = ("ingest", "enrichment", "backfill", "memory", "history", "live")
 
 
 def machine() -> str:

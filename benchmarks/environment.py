@@ -210,6 +210,10 @@ class FakeProcess:
         """Request counts, statuses and violations since the last reset."""
         return self._control("GET", "stats")
 
+    def live(self) -> dict[str, Any]:
+        """The live feed's report: packages appended, their upload times, fetches."""
+        return self._control("GET", "live")
+
     def configure(self, **changes: Any) -> None:
         """Change the fake's behaviour (see FakeUpstream.configure)."""
         self._control("POST", "config", changes)

@@ -7,8 +7,9 @@ Starts the project's fake zKillboard, ESI and R2Z2 on loopback, then
 - prints the plan of a corporation's backfill (`backfill corporation ID --estimate`), runs it;
 - prints the plan of a two-day `backfill_history`, runs it: one day's bodies from its raw
   dump, the other's (a day R2Z2 has no raw dump of) from ESI;
-exports each and checks the exports against what the upstream served, then prints what the
-fake counted.
+exports each and checks the exports against what the upstream served; then follows R2Z2's live
+feed for a few seconds (`follow_live`), prints the coverage of the days it touched (`coverage`)
+and what the fake counted.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ CHARACTER = 2117325769
 KILLMAILS = 3000
 CORPORATION = 98_500_001
 HISTORY_DAYS = ("2026-10-30", "2026-10-31")
+# The live feed's rate (killmails a second) and how long the demo follows it.
+LIVE_RATE, LIVE_SECONDS = 10.0, 8
 # The fake's ESI killmail bucket, 20 times the real 3600 tokens per 15 minutes.
 ESI_BUCKET = (72_000, 900.0)
 
@@ -34,7 +37,7 @@ def main() -> None:
     from datetime import date
 
     from fakeupstream.server import FakeUpstream
-    from fakeupstream.world import World
+    from fakeupstream.world import World, killmail_time
 
     world = World(seed=7)
     ids = world.add_character(
@@ -103,6 +106,31 @@ def main() -> None:
             print(f"Export identical to what the upstream served: {same}/{len(wanted)} killmails.")
             return same == len(wanted)
 
+        followed: set[int] = set()
+
+        def followed_as_served(first: int) -> bool:
+            """Compare the store with the packages the follower passed: each killmail stored
+            once, with the zkb of the last package of it that the follower read."""
+            from killboard.export import iter_records
+            from killboard.models import Killmail
+            from live.models import FollowerState
+
+            position = FollowerState.objects.get().sequence
+            served = {}
+            for sequence in range(first, position):
+                text = up.feed.package(sequence)  # None for a hole
+                if text is not None:
+                    package = json.loads(text)
+                    served[package["killmail_id"]] = {**package["esi"], "zkb": package["zkb"]}
+            followed.update(served)
+            stored = iter_records(Killmail.objects.filter(killmail_id__in=served))
+            same = sum(record == served[record["killmail_id"]] for record in stored)
+            print(
+                f"Live feed: sequences {first}..{position - 1}, {len(served)} killmails, "
+                f"{same} stored as last served."
+            )
+            return same == len(served)
+
         ok = exported_as_served("character", ids, "--character", str(CHARACTER), zkb=True)
         print(f"Unresolvable on purpose: {', '.join(map(str, unresolvable))}.")
 
@@ -121,6 +149,23 @@ def main() -> None:
         # their pages, the others the day dumps' hash only.
         fresh = sorted(set(day_ids) - set(ids) - set(corporation_ids))
         ok &= exported_as_served("history", fresh, *days, zkb=False)
+
+        print(
+            f"\nR2Z2's live feed, {LIVE_RATE:.0f} killmails a second, for {LIVE_SECONDS} seconds:"
+        )
+        # A feed that has been running for a while: the follower starts at its head.
+        up.configure(live_late_rate=0.2, live_reprocess_rate=0.05)
+        up.feed_append(100)
+        up.configure(live_rate=LIVE_RATE)
+        first = up.feed_report()["published"]
+        call_command("follow_live", "--seconds", str(LIVE_SECONDS))
+        ok &= followed_as_served(first)
+        # The days of the late arrivals among them: the ledger against zKillboard's counts,
+        # the repair of what the follower started too late to see, and the ledger again.
+        touched = sorted({killmail_time(i).date() for i in followed})
+        days = ("--from-date", str(touched[0]), "--to-date", str(touched[-1]))
+        call_command("coverage", *days, "--repair")
+        call_command("coverage", *days)
 
         stats = up.stats()
         print(

@@ -5,10 +5,13 @@ Rules (R2Z2's and ours):
   follower resumes at `FollowerState.sequence`. Each package is stored and the cursor moved
   to N+1 in one transaction (a compare-and-set on the cursor), so a kill at any moment costs
   at most one refetch; ingest is idempotent, so nothing is stored twice.
-- Only files known to exist are read ahead: up to the published head. Caught up, the
-  follower polls `sequence.json` every LIVE_POLL_SECONDS; when the head has stood still for
-  LIVE_PROBE_AFTER_SECONDS (a slow feed) it probes head+1. A sequence that answered 404 is
-  never asked again before LIVE_NOT_FOUND_WAIT_SECONDS (R2Z2 asks for 6).
+- Files are read ahead as far as they should exist: up to the published head, and beyond it
+  one at a time when the feed's own pace says the next one is there (its upload time, by
+  the recent packages' spacing, a second ago: `uploaded_at` counts whole seconds), or when
+  the head has stood still for LIVE_PROBE_AFTER_SECONDS. Caught up, the follower polls
+  `sequence.json` every LIVE_POLL_SECONDS. A sequence that answered 404 is never asked
+  again before LIVE_NOT_FOUND_WAIT_SECONDS (R2Z2 asks for 6), so probing early is costly:
+  the pace keeps it rare.
 - A 404 below the published head: the file was never there (a hole: the next one is, and
   it is skipped) or has expired (the follower was down longer than R2Z2 keeps files). For
   the latter, a binary search finds the first file still there, the stretch before it
@@ -56,6 +59,11 @@ FEED = "r2z2"
 RATE_WINDOW = 60.0
 # The first wait after an error (seconds); doubled with each error in a row, up to the cap.
 FIRST_BACKOFF = 0.5
+# Seconds after its expected upload that the next package beyond the head is asked for:
+# `uploaded_at` counts whole seconds, so an expectation may be up to one second early.
+PACE_MARGIN = 1.0
+# Weight of the newest spacing in the feed's pace (an exponential moving average).
+PACE_WEIGHT = 0.2
 # The shortest sleep of the loop (seconds), so a clock at its edge cannot spin it.
 MIN_SLEEP = 0.02
 DATABASE_ERRORS = (OperationalError, InterfaceError)
@@ -121,6 +129,8 @@ class Follower:
         # Numbers below the head a gap search found missing (holes among files still there).
         self.gone: set[int] = set()
         self.recent: deque[float] = deque()
+        # Seconds between the feed's packages, from their upload times (None: not known yet).
+        self.pace: float | None = None
         self.failures = 0
         self.started = False
         self.deadline: float | None = None
@@ -177,9 +187,15 @@ class Follower:
             self.gone.discard(sequence)
             self._missing(sequence)
             return
-        wait = self._asked_again_at(sequence) - time.monotonic()
+        now = time.monotonic()
+        wait = self._asked_again_at(sequence) - now
         if wait > 0:
-            self._sleep(wait)
+            # Keep the head fresh meanwhile: once it has moved on, a number still missing
+            # is a hole to skip rather than a file that lags its announcement.
+            if now - self.polled_at >= self.poll_seconds:
+                self._poll()
+            else:
+                self._sleep(min(wait, self.polled_at + self.poll_seconds - now))
             return
         self._read(sequence, probe=False)
 
@@ -220,12 +236,26 @@ class Follower:
             self._beat(head_sequence=self.head)
 
     def _probe_due(self, sequence: int) -> bool:
-        """Whether to ask beyond the head: it stood still long enough, and R2Z2's wait for a
-        sequence that answered 404 has passed."""
-        now = time.monotonic()
-        return now - self.head_moved_at >= self.probe_after and now >= self._asked_again_at(
-            sequence
-        )
+        """Whether to ask beyond the head: R2Z2's wait for a sequence that answered 404 has
+        passed, and the feed's pace says the package is there or the head stood still long
+        enough."""
+        return time.monotonic() >= self._probe_at(sequence)
+
+    def _probe_at(self, sequence: int) -> float:
+        """The monotonic time from which `sequence`, beyond the head, may be probed."""
+        probe_at = self.head_moved_at + self.probe_after
+        expected = self._expected_upload(sequence)
+        if expected is not None:
+            probe_at = min(probe_at, time.monotonic() + expected + PACE_MARGIN - time.time())
+        return max(probe_at, self._asked_again_at(sequence))
+
+    def _expected_upload(self, sequence: int) -> float | None:
+        """When `sequence` should have been uploaded (unix seconds), by the feed's pace."""
+        state = self.state
+        if self.pace is None or state is None or state.last_uploaded_at is None:
+            return None
+        ahead = sequence - (state.last_sequence or sequence)
+        return state.last_uploaded_at.timestamp() + ahead * self.pace
 
     def _asked_again_at(self, sequence: int) -> float:
         """The monotonic time from which `sequence` may be asked (again)."""
@@ -233,8 +263,7 @@ class Follower:
 
     def _next_event(self, sequence: int) -> float:
         """When the caught-up loop has something to do: the next poll or the next probe."""
-        probe_at = max(self.head_moved_at + self.probe_after, self._asked_again_at(sequence))
-        return min(self.polled_at + self.poll_seconds, probe_at)
+        return min(self.polled_at + self.poll_seconds, self._probe_at(sequence))
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -246,10 +275,12 @@ class Follower:
             return
         asked_before = sequence in self.not_found
         self._not_found(sequence)
-        if probe and asked_before and self._skip_hole(sequence):
+        # Not published yet, as far as the head tells (at the head itself a file may lag its
+        # announcement); missing on its second ask while the next one is there: a hole.
+        not_yet = probe or self.head is None or sequence >= self.head
+        if not_yet and asked_before and self._skip_hole(sequence):
             return
-        if probe or self.head is None or sequence >= self.head:
-            # Not published yet (at the head itself a file may lag its announcement).
+        if not_yet:
             self._count_not_yet(sequence)
             return
         self._missing(sequence)
@@ -349,6 +380,7 @@ class Follower:
             if result.existing_ids and isinstance(package.zkb, dict):
                 refreshed = update_zkb(dict.fromkeys(result.existing_ids, package.zkb))
             lag = self._lag(package.uploaded_at)
+            self._learn_pace(state, package)
             changes = {
                 "sequence": package.sequence + 1,
                 "last_sequence": package.sequence,
@@ -422,6 +454,19 @@ class Follower:
         if uploaded_at is None:
             return self.state.lag_seconds if self.state else None
         return max(0.0, (timezone.now() - uploaded_at).total_seconds())
+
+    def _learn_pace(self, state: FollowerState, package: LivePackage) -> None:
+        """Fold the spacing between the last package and this one into the feed's pace."""
+        last, uploaded = state.last_uploaded_at, package.uploaded_at
+        if last is None or uploaded is None or state.last_sequence is None:
+            return
+        ahead = package.sequence - state.last_sequence
+        if ahead <= 0:
+            return
+        spacing = max(0.0, (uploaded - last).total_seconds()) / ahead
+        self.pace = (
+            spacing if self.pace is None else (1 - PACE_WEIGHT) * self.pace + PACE_WEIGHT * spacing
+        )
 
     def _rate(self, *, add: bool = False) -> float:
         """Packages read in the last RATE_WINDOW seconds, per minute."""

@@ -398,3 +398,14 @@ def test_the_admin_page_shows_the_follower_running_with_its_lag(fake, admin_clie
     page = admin_client.get(f"/admin/live/followerstate/{FEED}/change/")
     assert page.status_code == 200
     assert f"{state().lag_seconds:.1f} s".encode() in page.content
+
+
+def test_a_follower_started_on_an_empty_feed_reads_the_first_packages(fake):
+    fake.configure(live_rate=20.0)
+    totals = follow(seconds=10)
+    report = fake.feed_report()
+    assert totals.read > 0
+    assert set(fed(report, through=state().sequence - 1)) <= set(
+        Killmail.objects.values_list("killmail_id", flat=True)
+    )
+    assert_no_violations(fake)
