@@ -147,8 +147,8 @@ BACKFILL_UPDATE_OVERLAP_HOURS = env.int("BACKFILL_UPDATE_OVERLAP_HOURS", default
 # The live follower (`manage.py follow_live`, live.follower) of R2Z2's ephemeral feed.
 # Seconds between two looks at sequence.json when caught up (0.1 to 60).
 LIVE_POLL_SECONDS = env.float("LIVE_POLL_SECONDS", default=1.0)
-# Seconds the published head may stand still before the follower probes head+1 once (a slow
-# feed publishes sequence.json only every 51 killmails).
+# Seconds the published head may stand still before the follower probes head+1 even when the
+# feed's pace does not say it is there yet (sequence.json moves only every 51 killmails).
 LIVE_PROBE_AFTER_SECONDS = env.float("LIVE_PROBE_AFTER_SECONDS", default=6.0)
 # Seconds before a sequence that answered 404 is asked again: R2Z2's rule is at least 6.
 LIVE_NOT_FOUND_WAIT_SECONDS = env.float("LIVE_NOT_FOUND_WAIT_SECONDS", default=6.0)
