@@ -5,6 +5,10 @@ BIN := $(VENV)/bin
 
 .PHONY: install test lint format demo bench run
 
+# Settings default to production; the tests, the demo and the benchmarks run in development
+# mode (the development secret key, no HTTPS redirect).
+test demo bench: export DJANGO_DEBUG = true
+
 install: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.txt
@@ -29,3 +33,10 @@ demo: install
 
 bench: install
 	$(BIN)/python -m benchmarks
+
+# The admin and GraphQL on http://127.0.0.1:8000/ in development mode. Without
+# CELERY_BROKER_URL, jobs started there run on the embedded runner's thread in this process.
+run: export DJANGO_DEBUG = true
+run: install
+	$(BIN)/python manage.py migrate --noinput
+	$(BIN)/python manage.py runserver

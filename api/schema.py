@@ -8,8 +8,10 @@ same options (and `toDate`, and `update`: only what arrived since the last compl
 the same payload. Invalid input answers `success: false` with the same one-line message as
 the CLI, and queues nothing.
 
-Limits: operation depth, tokens and aliases per document, and page sizes, so one request
-cannot ask for the whole database.
+Limits: operation depth, tokens and aliases per document, page sizes (the killmails' attackers
+and items are paged too, with their counts), and the cost estimate of `api.limits`, so one
+request cannot ask for the whole database. Every EVE id, quantity and damage is a `BigInt`
+(`api.scalars`).
 
 Why one long module: the types, the queries and the mutation of one small schema, read
 together with the limits that guard them.
@@ -17,17 +19,21 @@ together with the limits that guard them.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from datetime import date, datetime
 from enum import Enum
-from typing import Any, NewType
+from typing import Any
 
 import strawberry
-from django.db.models import Prefetch, QuerySet
+from django.db.models import Count, Prefetch, Q, QuerySet
 from strawberry.extensions import MaxAliasesLimiter, MaxTokensLimiter, QueryDepthLimiter
 from strawberry.permission import BasePermission
 from strawberry.schema.config import StrawberryConfig
 from strawberry.types import Info
+from strawberry.types.nodes import SelectedField, Selection
 
+from api.limits import RequestLimits, paged
+from api.scalars import BIG_INT, BigInt
 from backfill import lifecycle, planning, tasks, updates
 from backfill.models import BackfillJob
 from backfill.paging import ZKB_PAGE_SIZE
@@ -42,15 +48,9 @@ MAX_ALIASES = 15  # aliases repeat a field, and with it its cost
 MAX_KILLMAILS_PAGE = 50  # killmails of a page (a big one carries ~1,000 attackers)
 MAX_JOBS_PAGE = 100
 DEFAULT_PAGE = 20
-
-# EVE ids, damage and quantities outgrow GraphQL's 32-bit Int; JSON numbers do not.
-BigInt = NewType("BigInt", int)
-BIG_INT = strawberry.scalar(
-    name="BigInt",
-    serialize=int,
-    parse_value=int,
-    description="A whole number beyond 32 bits (ids, damage, quantities).",
-)
+# Attackers or items of one killmail in a page (a titan's killmail has ~1,000 attackers); the
+# default page is the whole page, so most killmails answer whole.
+MAX_NESTED_PAGE = 100
 
 
 class HasPermission(BasePermission):
@@ -245,7 +245,7 @@ class ItemNode:
     def item_type(self) -> EntityRef | None:
         return _ref(self._row.item_type, self._row.item_type_id)
 
-    @strawberry.field
+    @strawberry.field(description="Position among the killmail's items (containers first).")
     def ordinal(self) -> int:
         return self._row.ordinal
 
@@ -254,11 +254,11 @@ class ItemNode:
         return self._row.container_ordinal
 
     @strawberry.field
-    def flag(self) -> int:
+    def flag(self) -> BigInt:
         return self._row.flag
 
     @strawberry.field
-    def singleton(self) -> int:
+    def singleton(self) -> BigInt:
         return self._row.singleton
 
     @strawberry.field
@@ -270,11 +270,19 @@ class ItemNode:
         return self._row.quantity_dropped
 
 
+def _in_page(rows: Iterable[Any], offset: int, limit: int) -> list[Any]:
+    """The rows of one nested page: attackers and items are numbered from 0 (`ordinal`)."""
+    start, size = _offset(offset), _page_size(limit, MAX_NESTED_PAGE)
+    return [row for row in rows if start <= row.ordinal < start + size]
+
+
 @strawberry.type(name="Killmail")
 class KillmailType:
-    """A stored killmail with its victim, attackers and items."""
+    """A stored killmail with its victim, attackers and items (both paged: `limit` at most
+    100, `offset` from 0; `attackerCount` and `itemCount` say how many there are)."""
 
     _row: strawberry.Private[Killmail]
+    _counts: strawberry.Private[dict[str, int]]
 
     @strawberry.field
     def killmail_id(self) -> BigInt:
@@ -288,12 +296,12 @@ class KillmailType:
     def solar_system(self) -> EntityRef | None:
         return _ref(self._row.solar_system, self._row.solar_system_id)
 
-    @strawberry.field
+    @strawberry.field(description="ISK, as zKillboard estimates it.")
     def total_value(self) -> float | None:
         return self._row.total_value
 
     @strawberry.field
-    def points(self) -> int | None:
+    def points(self) -> BigInt | None:
         return self._row.points
 
     @strawberry.field
@@ -309,13 +317,24 @@ class KillmailType:
         victims = [p for p in self._row.participants.all() if p.is_victim]
         return ParticipantType(_row=victims[0]) if victims else None
 
-    @strawberry.field
-    def attackers(self) -> list[ParticipantType]:
-        return [ParticipantType(_row=p) for p in self._row.participants.all() if not p.is_victim]
+    @strawberry.field(metadata=paged(MAX_NESTED_PAGE))
+    def attackers(self, offset: int = 0, limit: int = MAX_NESTED_PAGE) -> list[ParticipantType]:
+        """Attackers in ESI's order, one page of them."""
+        rows = [p for p in self._row.participants.all() if not p.is_victim]
+        return [ParticipantType(_row=p) for p in _in_page(rows, offset, limit)]
 
-    @strawberry.field
-    def items(self) -> list[ItemNode]:
-        return [ItemNode(_row=item) for item in self._row.items.all()]
+    @strawberry.field(description="How many attackers the killmail has.")
+    def attacker_count(self) -> int:
+        return self._counts.get("attackers", 0)
+
+    @strawberry.field(metadata=paged(MAX_NESTED_PAGE))
+    def items(self, offset: int = 0, limit: int = MAX_NESTED_PAGE) -> list[ItemNode]:
+        """The victim's items, containers before their contents, one page of them."""
+        return [ItemNode(_row=item) for item in _in_page(self._row.items.all(), offset, limit)]
+
+    @strawberry.field(description="How many items (contents of containers included).")
+    def item_count(self) -> int:
+        return self._counts.get("items", 0)
 
 
 @strawberry.type
@@ -325,32 +344,88 @@ class KillmailPage:
     has_next_page: bool
 
 
-def _selected_names(info: Info) -> set[str]:
-    """Every field name selected under the current field (to prefetch only what is asked)."""
-    names: set[str] = set()
-    stack = list(info.selected_fields)
-    while stack:
-        selection = stack.pop()
-        name = getattr(selection, "name", None)
-        if name:
-            names.add(name)
-        stack.extend(getattr(selection, "selections", []) or [])
-    return names
+def _fields(selections: Iterable[Selection]) -> Iterator[SelectedField]:
+    """The fields of a selection, those of its fragments included."""
+    for selection in selections:
+        if isinstance(selection, SelectedField):
+            yield selection
+        else:
+            yield from _fields(selection.selections)
 
 
-def _killmail_queryset(info: Info) -> QuerySet:
-    """Killmails with what the query selects loaded in a few queries, never one per row."""
-    wanted = _selected_names(info)
+def _argument(field: SelectedField, name: str, default: int) -> int:
+    """An Int argument as strawberry hands it over: a literal's text, or a variable's value
+    (None when the request left it out, which means the default)."""
+    value = field.arguments.get(name)
+    return default if value is None else int(value)
+
+
+def _ranges(fields: list[SelectedField], name: str) -> Q | None:
+    """The `ordinal` ranges the selections of nested list `name` ask for (aliases included),
+    checked here so a bad page fails the query before it reads anything."""
+    ranges = Q()
+    asked = False
+    for field in fields:
+        if field.name == name:
+            start = _offset(_argument(field, "offset", 0))
+            size = _page_size(_argument(field, "limit", MAX_NESTED_PAGE), MAX_NESTED_PAGE)
+            ranges |= Q(ordinal__gte=start, ordinal__lt=start + size)
+            asked = True
+    return ranges if asked else None
+
+
+def _killmail_queryset(fields: list[SelectedField]) -> QuerySet:
+    """Killmails with the victim and the pages of attackers and items that `fields` (the
+    selection of one killmail) ask for, in a few queries, never one per row."""
     queryset = Killmail.objects.select_related("solar_system")
-    if wanted & {"victim", "attackers"}:
+    attackers = _ranges(fields, "attackers")
+    if attackers is not None or any(field.name == "victim" for field in fields):
+        wanted = Q(is_victim=True)
+        if attackers is not None:
+            wanted |= Q(is_victim=False) & attackers
         participants = Participant.objects.select_related(
             "character", "corporation", "alliance", "faction", "ship_type", "weapon_type"
-        )
+        ).filter(wanted)
         queryset = queryset.prefetch_related(Prefetch("participants", queryset=participants))
-    if "items" in wanted:
-        items = Item.objects.select_related("item_type")
-        queryset = queryset.prefetch_related(Prefetch("items", queryset=items))
+    items = _ranges(fields, "items")
+    # Never all of a killmail's rows: unprefetched, a resolver reads an empty list.
+    queryset = queryset.prefetch_related(
+        Prefetch("items", queryset=Item.objects.select_related("item_type").filter(items))
+        if items is not None
+        else Prefetch("items", queryset=Item.objects.none())
+    )
     return queryset
+
+
+def _counts(fields: list[SelectedField], ids: list[int]) -> dict[int, dict[str, int]]:
+    """Attackers and items of each killmail, when the selection asks for them."""
+    names = {field.name for field in fields}
+    counts: dict[int, dict[str, int]] = {killmail_id: {} for killmail_id in ids}
+    wanted = (
+        ("attackers", "attackerCount", Participant.objects.filter(is_victim=False)),
+        ("items", "itemCount", Item.objects.all()),
+    )
+    for key, field_name, rows in wanted:
+        if field_name in names:
+            per_killmail = rows.filter(killmail_id__in=ids).values("killmail_id")
+            for row in per_killmail.annotate(n=Count("*")):
+                counts[row["killmail_id"]][key] = row["n"]
+    return counts
+
+
+def _killmail_types(fields: list[SelectedField], rows: list[Killmail]) -> list[KillmailType]:
+    counts = _counts(fields, [row.killmail_id for row in rows])
+    return [KillmailType(_row=row, _counts=counts[row.killmail_id]) for row in rows]
+
+
+def _selection_of(info: Info, *path: str) -> list[SelectedField]:
+    """The fields selected under the current field, down `path` (`items` of a page)."""
+    fields = [child for field in info.selected_fields for child in _fields(field.selections)]
+    for name in path:
+        fields = [
+            child for field in fields if field.name == name for child in _fields(field.selections)
+        ]
+    return fields
 
 
 # -- the mutation ----------------------------------------------------------------------------
@@ -381,7 +456,7 @@ class BackfillOptionsInput:
 
 @strawberry.input
 class StartKillmailBackfillInput:
-    character_id: int
+    character_id: BigInt
     options: BackfillOptionsInput | None = None
 
 
@@ -402,7 +477,7 @@ class StartKillmailBackfillPayload:
 
 @strawberry.type
 class Query:
-    @strawberry.field(permission_classes=[CanViewJobs])
+    @strawberry.field(permission_classes=[CanViewJobs], metadata=paged(MAX_JOBS_PAGE))
     def backfill_jobs(
         self, status: str | None = None, offset: int = 0, limit: int = DEFAULT_PAGE
     ) -> BackfillJobPage:
@@ -426,22 +501,23 @@ class Query:
         job = BackfillJob.objects.filter(pk=job_id).first() if job_id else None
         return BackfillJobType.from_model(job) if job else None
 
-    @strawberry.field(permission_classes=[CanViewKillmails])
+    @strawberry.field(permission_classes=[CanViewKillmails], metadata=paged(MAX_KILLMAILS_PAGE))
     def killmails(
         self,
         info: Info,
-        character_id: int | None = None,
+        character_id: BigInt | None = None,
         offset: int = 0,
         limit: int = DEFAULT_PAGE,
     ) -> KillmailPage:
         """Killmails newest first; with characterId, those the character took part in."""
         size, start = _page_size(limit, MAX_KILLMAILS_PAGE), _offset(offset)
-        queryset = _killmail_queryset(info)
+        fields = _selection_of(info, "items")
+        queryset = _killmail_queryset(fields)
         if character_id is not None:
             queryset = queryset.involving_character(character_id)
         rows = list(queryset.order_by("-killmail_time", "-killmail_id")[start : start + size + 1])
         return KillmailPage(
-            items=[KillmailType(_row=row) for row in rows[:size]],
+            items=_killmail_types(fields, rows[:size]),
             offset=start,
             has_next_page=len(rows) > size,
         )
@@ -449,8 +525,9 @@ class Query:
     @strawberry.field(permission_classes=[CanViewKillmails])
     def killmail(self, info: Info, killmail_id: BigInt) -> KillmailType | None:
         """One killmail by id."""
-        row = _killmail_queryset(info).filter(killmail_id=killmail_id).first()
-        return KillmailType(_row=row) if row else None
+        fields = _selection_of(info)
+        row = _killmail_queryset(fields).filter(killmail_id=killmail_id).first()
+        return _killmail_types(fields, [row])[0] if row else None
 
 
 def _start_backfill(
@@ -471,7 +548,7 @@ def _start_backfill(
         )
     except lifecycle.InvalidBackfill as exc:
         return StartKillmailBackfillPayload(success=False, message=str(exc))
-    tasks.start_job(job.pk)
+    tasks.start_job(job.pk, background=True)
     job.refresh_from_db()
     return StartKillmailBackfillPayload(
         success=True,
@@ -501,6 +578,7 @@ schema = strawberry.Schema(
     query=Query,
     mutation=Mutation,
     extensions=[
+        RequestLimits,
         lambda: QueryDepthLimiter(max_depth=MAX_QUERY_DEPTH),
         lambda: MaxTokensLimiter(max_token_count=MAX_TOKENS),
         lambda: MaxAliasesLimiter(max_alias_count=MAX_ALIASES),

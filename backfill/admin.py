@@ -3,7 +3,10 @@ failures; the coverage ledger (days, targets' months, live gaps), each with a ch
 months drawn in plain HTML and CSS.
 
 Options are validated by `backfill.lifecycle.build_job`, so the admin shows the same one-line
-errors as `manage.py backfill`. Starting work needs the custom permission
+errors as `manage.py backfill`. A request only queues its jobs (`start_job(...,
+background=True)`): without a broker the embedded runner's thread runs them, so the page
+answers at once and the job's page shows its progress. Resume also restarts a running job
+that stopped moving (the watchdog's criterion). Starting work needs the custom permission
 `backfill.start_backfill` besides the model permissions.
 
 "Backfill this character" (and corporation, alliance) is an action of the entity's admin,
@@ -348,7 +351,7 @@ class BackfillJobAdmin(StartBackfillPermission, admin.ModelAdmin):
             super().save_model(request, obj, form, change)
             return
         # create_job saved the job; its first steps are queued once this request commits.
-        tasks.start_job(obj.pk)
+        tasks.start_job(obj.pk, background=True)
 
     def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
         if change:
@@ -465,17 +468,13 @@ class BackfillJobAdmin(StartBackfillPermission, admin.ModelAdmin):
     @admin.action(description="Resume", permissions=["start_backfill"])
     def resume(self, request: HttpRequest, queryset: QuerySet) -> None:
         ids = list(queryset.values_list("pk", flat=True))
-        resumed = [job_id for job_id in ids if lifecycle.reopen_job(job_id)]
-        for job_id in resumed:
-            tasks.start_job(job_id)
+        resumed = [job_id for job_id in ids if tasks.resume_job(job_id, background=True)]
         self.message_user(request, f"Resumed {len(resumed)} of {len(ids)} jobs.")
 
     @admin.action(description="Retry failed killmails", permissions=["start_backfill"])
     def retry_failed(self, request: HttpRequest, queryset: QuerySet) -> None:
         jobs = list(queryset.filter(failed__gt=0).values_list("pk", "failed"))
-        started = [pk for pk, _ in jobs if lifecycle.reopen_job(pk, retry_failed=True)]
-        for job_id in started:
-            tasks.start_job(job_id)
+        started = [pk for pk, _ in jobs if tasks.resume_job(pk, retry_failed=True, background=True)]
         retried = sum(failed for pk, failed in jobs if pk in started)
         self.message_user(request, f"Retrying {retried} failed killmails of {len(started)} jobs.")
 
@@ -619,7 +618,7 @@ def start_backfills(
         options = form.job_options()
         for target in targets:
             job = lifecycle.create_job(target.id, target_type=target_type, **options)
-            tasks.start_job(job.pk)
+            tasks.start_job(job.pk, background=True)
         model_admin.message_user(request, f"Started {len(targets)} backfill jobs.")
         return HttpResponseRedirect(reverse("admin:backfill_backfilljob_changelist"))
     opts = model_admin.model._meta

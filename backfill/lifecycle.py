@@ -257,7 +257,7 @@ def finish_if_done(job_id: int) -> bool:
 
 def fail_job(job_id: int, error: str) -> None:
     """Stop the job with a clear error (permanent upstream error, retries exhausted)."""
-    logger.error("Job %s failed: %s", job_id, error)
+    logger.error("Job %s failed: %s", job_id, error, extra={"job_id": job_id})
     BackfillJob.objects.active().filter(pk=job_id).update(
         status=BackfillJob.Status.FAILED,
         last_error=error,

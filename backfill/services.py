@@ -6,7 +6,9 @@ the caller holds the page's lease. A page's killmails with a body are stored at 
 others become pending rows, fetched from ESI in chunks of BODY_CHUNK. Pending bodies are
 owned through claims on their rows (a conditional UPDATE whose row count decides), so
 redelivered or duplicated messages fetch no body twice; bodies fetched before an error are
-stored before it propagates. Where the listing goes next is `backfill.paging`'s arithmetic.
+stored before it propagates. The claim of an attempt that lost the database outlives it
+(nothing could give it back), so that attempt's retry takes it over (`Claim`) instead of
+waiting out the lease. Where the listing goes next is `backfill.paging`'s arithmetic.
 """
 
 from __future__ import annotations
@@ -46,6 +48,34 @@ class PageOutcome:
     next_cursor: str | None
     pending_ids: list[int]
     days: list[date] = field(default_factory=list)
+
+
+@dataclass
+class Claim:
+    """One attempt's claim on pending bodies: its own token, and the tokens of the attempts
+    of the same task before it, whose claims it takes over.
+
+    An attempt that lost the database cannot give its claim back; without the takeover its
+    retry would find the bodies claimed and wait out the lease (BACKFILL_LEASE_SECONDS) as
+    if another worker held them. Only the retry an attempt schedules inherits its tokens
+    (the task carries `tokens` to it), and every attempt claims under a token of its own:
+    of two copies of one message (a broker's redelivery) the first to claim re-tokens the
+    rows, and the second finds them held.
+    """
+
+    token: str
+    inherited: tuple[str, ...] = ()
+    taken: bool = False  # the claim was made: no row holds an inherited token any more
+
+    @classmethod
+    def after(cls, tokens: Iterable[str] | None = None) -> Claim:
+        """A new attempt's claim, heir to `tokens` (those the attempt before it carried)."""
+        return cls(str(uuid.uuid4()), tuple(tokens or ()))
+
+    @property
+    def tokens(self) -> list[str]:
+        """What this attempt's retry inherits: the tokens rows may hold for it."""
+        return [self.token] if self.taken else [*self.inherited, self.token]
 
 
 @dataclass(frozen=True)
@@ -360,29 +390,38 @@ def _record_failures(job: BackfillJob, reasons: dict[int, str], sources: dict[in
     )
 
 
-def claim_pending(job_id: int, killmail_ids: Iterable[int]) -> list[PendingKillmail]:
-    """Claim the pending bodies among `killmail_ids` that no live worker holds."""
+def claim_pending(job_id: int, killmail_ids: Iterable[int], claim: Claim) -> list[PendingKillmail]:
+    """Claim the pending bodies among `killmail_ids` that no live worker holds, and those
+    the attempts before `claim`'s left claimed; return them, newest first."""
     now = timezone.now()
-    token = uuid.uuid4()
+    claimable = Q(claimed_until__isnull=True) | Q(claimed_until__lt=now)
+    if claim.inherited:
+        claimable |= Q(claim__in=claim.inherited)
     PendingKillmail.objects.filter(
-        Q(claimed_until__isnull=True) | Q(claimed_until__lt=now),
-        job_id=job_id,
-        killmail_id__in=list(killmail_ids),
-    ).update(claim=token, claimed_until=now + timedelta(seconds=settings.BACKFILL_LEASE_SECONDS))
-    return list(PendingKillmail.objects.filter(claim=token).order_by("-killmail_id"))
+        claimable, job_id=job_id, killmail_id__in=list(killmail_ids)
+    ).update(
+        claim=claim.token,
+        claimed_until=now + timedelta(seconds=settings.BACKFILL_LEASE_SECONDS),
+    )
+    claim.taken = True
+    return list(PendingKillmail.objects.filter(claim=claim.token).order_by("-killmail_id"))
 
 
-def fetch_bodies(job_id: int, killmail_ids: list[int], esi: EsiClient) -> BodiesOutcome:
+def fetch_bodies(
+    job_id: int, killmail_ids: list[int], esi: EsiClient, claim: Claim | None = None
+) -> BodiesOutcome:
     """Fetch the pending bodies among `killmail_ids` from ESI and store them.
 
     Bodies fetched before a transient error are stored before the error propagates, so the
-    retry fetches only the rest. A 422 (wrong id or hash) is recorded on the job. The
+    retry fetches only the rest; the retry of an attempt that lost the database takes over
+    its `claim` (a new one by default). A 422 (wrong id or hash) is recorded on the job. The
     outcome says when to come back for bodies other workers claimed.
     """
+    claim = claim or Claim.after()
     job = BackfillJob.objects.get(pk=job_id)
     if not job.is_active:
         return BodiesOutcome(come_back_in=0.0)
-    claimed = claim_pending(job_id, killmail_ids)
+    claimed = claim_pending(job_id, killmail_ids, claim)
     fetched: list[tuple[PendingKillmail, dict[str, Any]]] = []
     missing: list[tuple[PendingKillmail, str]] = []
     try:

@@ -2,6 +2,10 @@
 from each page, and day tasks for the day dumps (a history job's days, a scoped job's dense
 months). Celery beat runs the watchdog of stalled jobs and the coverage ledger's check.
 
+Without a broker the tasks run in-process: in the foreground for the commands, and on the
+embedded runner's thread (backfill.embedded) for web requests, which only hand off
+(`start_job(..., background=True)`); that thread runs the watchdog too.
+
 Tasks are thin: they take ids, call a service, and queue the next step after the commit.
 Every task is idempotent (leases and claims in the database decide who does what), so they
 ack late and are redelivered when a worker dies. Errors follow the one retry policy
@@ -12,15 +16,16 @@ from __future__ import annotations
 
 import logging
 import random
-from datetime import date
+from datetime import date, timedelta
 from functools import partial
 from typing import Any
 
 from celery import Task, shared_task
 from django.conf import settings
 from django.db import transaction
+from django.utils import timezone
 
-from backfill import coverage, days, lifecycle, planning, services
+from backfill import coverage, days, embedded, lifecycle, planning, services
 from backfill.models import BackfillJob
 from config import retries
 from config.retries import RetryingTask
@@ -51,10 +56,15 @@ def _send(task: Task, args: tuple[Any, ...]) -> None:
         lifecycle.record_task_id(args[0], result.id, TASK_IDS_KEPT)
 
 
-def _before_retry(job_id: int, exc: Exception, *, page_claimed: bool = False) -> None:
-    """Give the page back, so the retry need not wait for the lease, and note the retry."""
+def _before_retry(
+    job_id: int, exc: Exception, *, page_claimed: bool = False, day: date | None = None
+) -> None:
+    """Give the page or the day back, so the retry need not wait for the lease, and note the
+    retry. A hook, so a lost connection is dropped first and this runs on a fresh one."""
     if page_claimed:
         lifecycle.release_page(job_id)
+    if day is not None:
+        days.release_day(job_id, day)
     if isinstance(exc, Unavailable):
         lifecycle.note_error(job_id, str(exc))
     lifecycle.touch(job_id)  # progress of a kind: the watchdog leaves the job alone
@@ -134,35 +144,40 @@ def fetch_day(self: RetryingTask, job_id: int, day: str, failures: int = 0) -> N
             enqueue(fetch_day, job_id, outcome.next_day.isoformat())
         transaction.on_commit(lambda: lifecycle.finish_if_done(job_id))
     except retries.ERRORS as exc:
-        if claimed:
-            days.release_day(job_id, the_day)
         retries.handle(
             self,
             exc,
-            before_retry=partial(_before_retry, job_id, exc),
+            before_retry=partial(_before_retry, job_id, exc, day=the_day if claimed else None),
             record=partial(lifecycle.fail_job, job_id),
         )
 
 
 @shared_task(**TASK_OPTIONS)
 def fetch_bodies(
-    self: RetryingTask, job_id: int, killmail_ids: list[int], failures: int = 0
+    self: RetryingTask,
+    job_id: int,
+    killmail_ids: list[int],
+    failures: int = 0,
+    claims: list[str] | None = None,
 ) -> None:
-    """Fetch pending killmail bodies from ESI and store them."""
+    """Fetch pending killmail bodies from ESI and store them. `claims`: the claim tokens the
+    attempt before this one may have left on them, which this one takes over."""
+    claim = services.Claim.after(claims)
     try:
-        _fetch_bodies(job_id, killmail_ids)
+        _fetch_bodies(job_id, killmail_ids, claim)
     except retries.ERRORS as exc:
         retries.handle(
             self,
             exc,
             before_retry=partial(_before_retry, job_id, exc),
             record=partial(_give_up_bodies, job_id, killmail_ids, exc),
+            carry={"claims": claim.tokens},
         )
 
 
-def _fetch_bodies(job_id: int, killmail_ids: list[int]) -> None:
+def _fetch_bodies(job_id: int, killmail_ids: list[int], claim: services.Claim) -> None:
     try:
-        outcome = services.fetch_bodies(job_id, killmail_ids, clients.esi_client(ratelimit))
+        outcome = services.fetch_bodies(job_id, killmail_ids, clients.esi_client(ratelimit), claim)
     except Unavailable as exc:
         left = services.pending_among(job_id, killmail_ids)
         if not left or len(left) == len(killmail_ids):
@@ -191,12 +206,50 @@ def _give_up_bodies(job_id: int, killmail_ids: list[int], exc: Exception, reason
 @shared_task(**TASK_OPTIONS)
 def resume_stalled_jobs(self: RetryingTask) -> int:
     """Watchdog (Celery beat): restart the steps of running jobs that stopped moving."""
-    jobs = lifecycle.stalled_jobs()
-    for job in jobs:
-        logger.warning("Job %s made no progress for a while; resuming it", job.pk)
-        lifecycle.touch(job.pk)
-        queue_job_steps(job.pk)
-    return len(jobs)
+    return len(resume_stalled())
+
+
+def resume_stalled(*, include_queued: bool = False) -> list[int]:
+    """Restart the steps of running jobs (and queued ones, with `include_queued`) that made
+    no progress for BACKFILL_STALLED_AFTER_SECONDS and hold no live lease; their ids.
+
+    Beat's watchdog leaves queued jobs to their message in the broker; without a broker
+    nothing else would ever start a queued job whose process died.
+    """
+    statuses = [BackfillJob.Status.RUNNING]
+    if include_queued:
+        statuses.append(BackfillJob.Status.QUEUED)
+    now = timezone.now()
+    candidates = (
+        BackfillJob.objects.lease_free(now)
+        .filter(status__in=statuses, updated_at__lt=_stalled_since(now))
+        .order_by("pk")
+        .values_list("pk", flat=True)
+    )
+    resumed = []
+    for job_id in candidates:
+        if _take_stalled(job_id):
+            logger.warning("Job %s made no progress for a while; resuming it", job_id)
+            queue_job_steps(job_id)
+            resumed.append(job_id)
+    return resumed
+
+
+def _stalled_since(now: Any) -> Any:
+    return now - timedelta(seconds=settings.BACKFILL_STALLED_AFTER_SECONDS)
+
+
+def _take_stalled(job_id: int) -> bool:
+    """Note progress on an active job that stood still with no live lease, if it still does:
+    the row count decides who resumes it, so two watchdogs (or a watchdog and Resume) never
+    both do."""
+    now = timezone.now()
+    return bool(
+        BackfillJob.objects.active()
+        .lease_free(now)
+        .filter(pk=job_id, updated_at__lt=_stalled_since(now))
+        .update(updated_at=now)
+    )
 
 
 @shared_task(**TASK_OPTIONS)
@@ -233,6 +286,48 @@ def queue_job_steps(job_id: int) -> None:
         transaction.on_commit(lambda: lifecycle.finish_if_done(job_id))
 
 
-def start_job(job_id: int) -> None:
-    """Start (or resume) a queued job: runs in-process without a broker, else on workers."""
+def start_job(job_id: int, *, background: bool = False) -> None:
+    """Start (or resume) a queued job on the workers; without a broker, in this process: now,
+    or with `background` (a web request, which must answer at once) on the embedded runner's
+    thread once the current transaction commits."""
+    if background and settings.CELERY_TASK_ALWAYS_EAGER:
+        runner.submit(job_id)
+        return
     queue_job_steps(job_id)
+
+
+def resume_job(job_id: int, *, retry_failed: bool = False, background: bool = False) -> bool:
+    """Put a job back to work (the admin's Resume and Retry failed); False if there is
+    nothing to do. An ended job is reopened at its cursor (`lifecycle.reopen_job`); an active
+    one is restarted only if it stopped moving (the watchdog's criterion), since its steps
+    are already queued or running otherwise."""
+    if lifecycle.reopen_job(job_id, retry_failed=retry_failed) or (
+        not retry_failed and _take_stalled(job_id)
+    ):
+        start_job(job_id, background=background)
+        return True
+    return False
+
+
+def _run_in_background(job_id: int) -> None:
+    """The embedded runner's work: the job's steps to their end; a bug ends the job visibly."""
+    try:
+        queue_job_steps(job_id)
+    except Exception as exc:
+        lifecycle.fail_job(job_id, f"{type(exc).__name__}: {exc}")
+        raise
+
+
+def _watch_in_background() -> None:
+    resume_stalled(include_queued=True)
+
+
+# This process's embedded runner (used only without a broker).
+runner = embedded.Runner(_run_in_background, _watch_in_background)
+
+
+def start_embedded_runner() -> None:
+    """Without a broker, start this process's runner now (a web server at its start), so its
+    watchdog takes up the jobs a restarted process left behind before anyone asks."""
+    if settings.CELERY_TASK_ALWAYS_EAGER:
+        runner.start()

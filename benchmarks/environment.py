@@ -86,6 +86,7 @@ def setup_django() -> None:
     # purged before every worker run).
     os.environ["CELERY_BROKER_URL"] = BROKER_URL
     os.environ.setdefault("LOG_LEVEL", "ERROR")
+    os.environ["DJANGO_DEBUG"] = "true"  # development mode: the development secret key
     sys.path.insert(0, str(ROOT))
     import django
 
@@ -137,6 +138,7 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
         DJANGO_SETTINGS_MODULE="config.settings",
+        DJANGO_DEBUG="true",
         DATABASE_URL=DATABASE_URL,
         CELERY_BROKER_URL=BROKER_URL,
         LOG_LEVEL="ERROR",

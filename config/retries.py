@@ -14,7 +14,10 @@ hands the errors it cannot settle itself to `handle`, which acts by kind:
   by the caller, never retried.
 
 Anything else is a bug and is raised as is. The transient failures in a row travel in the
-task's `failures` keyword argument, so rate-limit waits do not use them up.
+task's `failures` keyword argument, so rate-limit waits do not use them up. What else a retry
+must know of the attempt before it travels the same way (`carry`): the tokens of the claims
+that attempt may hold, which its retry takes over (backfill.services.Claim), since a lost
+connection cannot give them back.
 
 Without a broker (CELERY_TASK_ALWAYS_EAGER, the embedded default) the same tasks run in this
 process: a task queued while another runs in this thread runs after it, not nested in it,
@@ -136,11 +139,13 @@ def handle(
     *,
     before_retry: Callable[[], None] | None = None,
     record: Callable[[str], None] | None = None,
+    carry: dict[str, Any] | None = None,
 ) -> None:
     """Retry `task` after `exc` as the policy says (raises `Retry`), or record why not.
 
     `before_retry()` runs just before a retry is scheduled (give back a lease, note it on the
-    job); `record(reason)` runs for a permanent error or once the retries ran out. Without
+    job); `record(reason)` runs for a permanent error or once the retries ran out; `carry`
+    holds keyword arguments the retry gets in place of this attempt's. Without
     `record`, and always for a lost database, the error itself is raised then. A database
     error inside either hook means the connection went away meanwhile: it is handled as one.
     """
@@ -154,11 +159,11 @@ def handle(
         logger.warning("%s[%s] not retried: %s", task.name, task.request.id, decision.reason)
         if record is None or kind is Kind.LOST_DATABASE:
             raise exc
-        _run_hook(task, partial(record, decision.reason), kind, before_retry)
+        _run_hook(task, partial(record, decision.reason), kind, before_retry, carry)
         return
     if before_retry is not None:
-        _run_hook(task, before_retry, kind, before_retry)
-    _retry(task, exc, decision)
+        _run_hook(task, before_retry, kind, before_retry, carry)
+    _retry(task, exc, decision, carry)
 
 
 def _run_hook(
@@ -166,6 +171,7 @@ def _run_hook(
     hook: Callable[[], None],
     kind: Kind,
     before_retry: Callable[[], None] | None,
+    carry: dict[str, Any] | None,
 ) -> None:
     """Run a hook; a database error in it means the connection went away meanwhile."""
     try:
@@ -173,10 +179,12 @@ def _run_hook(
     except DATABASE_ERRORS as lost:
         if kind is Kind.LOST_DATABASE:
             return  # still away: what the hook would give back (a lease) runs out instead
-        handle(task, lost, before_retry=before_retry)  # retries, or raises `lost`
+        handle(task, lost, before_retry=before_retry, carry=carry)  # retries, or raises `lost`
 
 
-def _retry(task: RetryingTask, exc: Exception, decision: Decision) -> NoReturn:
+def _retry(
+    task: RetryingTask, exc: Exception, decision: Decision, carry: dict[str, Any] | None
+) -> NoReturn:
     log = logger.info if decision.kind is Kind.WAIT else logger.warning
     log(
         "%s[%s] retry %s in %.0fs (%s): %s",
@@ -190,7 +198,7 @@ def _retry(task: RetryingTask, exc: Exception, decision: Decision) -> NoReturn:
     raise task.retry(
         exc=exc,
         countdown=decision.countdown,
-        kwargs={**(task.request.kwargs or {}), "failures": decision.failures},
+        kwargs={**(task.request.kwargs or {}), **(carry or {}), "failures": decision.failures},
         # The policy keeps the two bounds; Celery's own is their sum, never reached first.
         max_retries=task.max_retries + task.max_waits,
     )

@@ -20,7 +20,8 @@ environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 
 DEVELOPMENT_SECRET_KEY = "development-only-not-a-secret"
 SECRET_KEY = env.str("DJANGO_SECRET_KEY", default=DEVELOPMENT_SECRET_KEY)
-DEBUG = env.bool("DJANGO_DEBUG", default=True)
+# Production unless DJANGO_DEBUG=true: the demo, the tests and the benchmarks set it.
+DEBUG = env.bool("DJANGO_DEBUG", default=False)
 if not DEBUG and SECRET_KEY == DEVELOPMENT_SECRET_KEY:
     raise ImproperlyConfigured("DJANGO_SECRET_KEY must be set when DJANGO_DEBUG is off.")
 ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
@@ -43,6 +44,8 @@ if env.bool("DJANGO_BEHIND_TLS_PROXY", default=False):
     # Only behind a proxy that sets this header itself: clients could forge it otherwise.
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SESSION_COOKIE_HTTPONLY = True
+# Load balancers and Prometheus ask these over plain HTTP from inside the network.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^metrics$"]
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -57,6 +60,7 @@ INSTALLED_APPS = [
     "enrichment",
     "live",
     "api",
+    "monitoring",
 ]
 
 MIDDLEWARE = [
@@ -103,6 +107,35 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     )
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+# Shared by every process (web, workers, beat): login throttling, beat's heartbeat and the
+# ESI budgets the clients observed live here. The default is a table in the database
+# (created by monitoring's migration); redis://127.0.0.1:6379/1 works as well.
+CACHES = {"default": env.cache("CACHE_URL", default="dbcache://killboard_cache")}
+if CACHES["default"]["BACKEND"] == "django.core.cache.backends.db.DatabaseCache":
+    # Beyond this many entries the table drops a third of them, expired ones first (>= 1000).
+    CACHES["default"].setdefault("OPTIONS", {}).setdefault("MAX_ENTRIES", 10_000)
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+# Failed admin logins (per username and address) or API token attempts (per address) after
+# which further attempts are refused, the right password too (config.throttle; >= 1).
+AUTH_FAILURE_LIMIT = env.int("AUTH_FAILURE_LIMIT", default=5)
+# Seconds the refusal lasts, counted from the last failure (>= 1).
+AUTH_LOCKOUT_SECONDS = env.int("AUTH_LOCKOUT_SECONDS", default=900)
+
+# The GraphQL API (api/). The largest estimated cost of one operation (api.limits): about the
+# values it can answer, a page's `limit` times what it selects. 50000 is a page of 20
+# killmails with victim, attackers and items (>= 1).
+GRAPHQL_MAX_COST = env.int("GRAPHQL_MAX_COST", default=50_000)
+# Requests a minute per API token (or staff session), and per client address whatever the
+# credentials (api.rates), counted in the shared cache above; 0 turns a limit off.
+GRAPHQL_RATE_PER_MINUTE = env.int("GRAPHQL_RATE_PER_MINUTE", default=60)
+GRAPHQL_ADDRESS_RATE_PER_MINUTE = env.int("GRAPHQL_ADDRESS_RATE_PER_MINUTE", default=120)
+
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
@@ -111,13 +144,34 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "var" / "static"
 
+# `text`, or `json`: one JSON object a line with job_id, killmail_id and task_id when known.
+LOG_FORMAT = env.str("LOG_FORMAT", default="text")
+if LOG_FORMAT not in ("text", "json"):
+    raise ImproperlyConfigured(f"LOG_FORMAT must be text or json, not {LOG_FORMAT!r}.")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {
+        "text": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+        "json": {"()": "monitoring.logs.JsonFormatter"},
+    },
+    "filters": {"context": {"()": "monitoring.logs.ContextFilter"}},
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": LOG_FORMAT,
+            "filters": ["context"],
+        }
+    },
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="WARNING")},
 }
+
+# Monitoring (monitoring/): /metrics answers loopback clients that came through no proxy,
+# and anyone sending `Authorization: Bearer <METRICS_TOKEN>` (empty: loopback only).
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+# /healthz fails when beat's heartbeat (every 60 s) is older than this (seconds; 0: not
+# checked). Checked only with a broker: the embedded default runs no beat.
+HEALTH_BEAT_MAX_AGE_SECONDS = env.int("HEALTH_BEAT_MAX_AGE_SECONDS", default=180)
 
 # Upstreams
 ZKILLBOARD_API_URL = env.str("ZKILLBOARD_API_URL", default="https://zkillboard.com/api/")
@@ -189,6 +243,8 @@ CELERY_TASK_ROUTES = {
     "backfill.tasks.resume_stalled_jobs": {"queue": "zkillboard_backfill"},
 }
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Workers keep the LOGGING above (LOG_FORMAT=json included) instead of Celery's own format.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # A task queued while RabbitMQ restarts waits for it (about a minute) rather than failing
 # after its own work is committed, which would break a job's chain of pages.
 CELERY_TASK_PUBLISH_RETRY_POLICY = {
@@ -217,5 +273,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "backfill.tasks.check_coverage",
         "schedule": timedelta(hours=COVERAGE_CHECK_HOURS),
         "options": {"queue": "r2z2_history"},
+    },
+    # /healthz's "last beat": proves beat, the broker and a worker all move.
+    "monitoring-beat-heartbeat": {
+        "task": "monitoring.tasks.beat_heartbeat",
+        "schedule": timedelta(seconds=60),
+        "options": {"queue": "zkillboard_backfill", "expires": 60},
     },
 }

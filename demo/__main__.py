@@ -72,6 +72,7 @@ def main() -> None:
             stale.unlink()
         os.environ.update(
             DJANGO_SETTINGS_MODULE="config.settings",
+            DJANGO_DEBUG="true",  # development mode: the development secret key
             DATABASE_URL=f"sqlite:///{database}",
             CELERY_BROKER_URL="",
             ZKILLBOARD_API_URL=up.zkb_url,

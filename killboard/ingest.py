@@ -290,7 +290,12 @@ def quarantine(rejections: list[Rejection], source: str, job_id: int | None = No
     """Keep each rejected record whole; the same record rejected again updates its row."""
     rows: dict[str, RejectedKillmail] = {}
     for rejection in rejections:
-        logger.warning("Rejected %s (from %s)", rejection, source or "an unnamed source")
+        logger.warning(
+            "Rejected %s (from %s)",
+            rejection,
+            source or "an unnamed source",
+            extra={"killmail_id": rejection.killmail_id, "job_id": job_id},
+        )
         record, text = _record_text(rejection.record)
         digest = hashlib.sha256(text.encode()).hexdigest()
         rows[digest] = RejectedKillmail(

@@ -7,14 +7,19 @@ Retry-After, an exhausted ESI error limit). A wait longer than the caller allows
 `RateLimited`, so a Celery task can retry later instead of holding its worker.
 
 `block` caps what it is given like every wait an upstream names (`capped_wait`): a bad
-header (a Retry-After of 10**9, NaN) must not stop the work for good.
+header (a Retry-After of 10**9, NaN) must not stop the work for good. `observe` keeps what an
+upstream last said is left of a budget (ESI's tokens, its error limit) in the shared cache,
+for the metrics (`observed`).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
+from dataclasses import dataclass
 
+from django.core.cache import cache
 from django.db import connection
 
 from killboard.models import RateLimit
@@ -22,6 +27,20 @@ from upstream.errors import RateLimited
 from upstream.limiter import MAX_UPSTREAM_WAIT, capped_wait
 
 logger = logging.getLogger(__name__)
+
+_OBSERVED_KEY = "ratelimit:observed:{}"
+# Seconds between two writes of one budget by one process: the metrics need no more.
+OBSERVE_EVERY = 1.0
+_last_observed: dict[str, float] = {}
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What an upstream last said is left of a budget: `remaining` of `limit`, at `at`."""
+
+    remaining: int
+    limit: int | None
+    at: float
 
 
 def _greatest() -> str:
@@ -92,3 +111,19 @@ def acquire(name: str, interval: float, max_wait: float) -> None:
     wait = reserve(name, interval)
     if wait > 0:
         time.sleep(wait)
+
+
+def observe(name: str, remaining: int, limit: int | None) -> None:
+    """Keep what the upstream said is left of `name`'s budget (its last answer's headers)."""
+    now = time.time()
+    if now - _last_observed.get(name, 0.0) < OBSERVE_EVERY:
+        return
+    _last_observed[name] = now
+    cache.set(_OBSERVED_KEY.format(name), (remaining, limit, now), timeout=None)
+
+
+def observed(names: Iterable[str]) -> dict[str, Observed]:
+    """The last observation of each of `names` that has one."""
+    keys = {_OBSERVED_KEY.format(name): name for name in names}
+    found = cache.get_many(list(keys))
+    return {keys[key]: Observed(*value) for key, value in found.items()}

@@ -13,6 +13,7 @@ import pytest
 from django.contrib.auth.models import Permission
 from django.test import Client
 
+from backfill import tasks
 from fakeupstream.server import FakeUpstream
 from fakeupstream.world import SAMPLES_DIR, World
 
@@ -63,6 +64,13 @@ def _upstreams_nowhere(settings: Any) -> None:
     settings.ZKILLBOARD_API_URL = "http://127.0.0.1:9/zkb/api/"
     settings.ESI_URL = "http://127.0.0.1:9/esi/"
     settings.R2Z2_URL = "http://127.0.0.1:9/r2z2/"
+
+
+@pytest.fixture(autouse=True)
+def _embedded_runner_stopped() -> Iterator[None]:
+    """Jobs a request handed to the embedded runner end with their test, not in the next."""
+    yield
+    tasks.runner.stop()
 
 
 @pytest.fixture

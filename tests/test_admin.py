@@ -12,7 +12,7 @@ from django.test import Client
 from django.urls import reverse
 
 from api.models import ApiToken, hash_token
-from backfill import lifecycle, planning
+from backfill import lifecycle, planning, tasks
 from backfill.models import BackfillDay, BackfillJob, DayCoverage, FailedKillmail
 from backfill.planner import Plan
 from killboard.ingest import ingest_killmails
@@ -62,6 +62,11 @@ def action(client: Client, url: str, name: str, ids: list[int], **extra: Any) ->
     return client.post(
         url, {"action": name, "_selected_action": [str(pk) for pk in ids], **extra}, follow=True
     )
+
+
+def jobs_ran() -> None:
+    """Wait for the jobs a request handed to the embedded runner (tests have no broker)."""
+    assert tasks.runner.wait_idle(60)
 
 
 def page_text(response: Any) -> str:
@@ -278,6 +283,7 @@ def test_add_job_starts_a_corporation_backfill(admin_client: Client, fake: Any, 
     data = add_job_data(target_type="corporation", target_id=str(CORPORATION), to_date="2026-12-31")
 
     response = admin_client.post(ADD_JOB, data, follow=True)
+    jobs_ran()
 
     assert response.redirect_chain[-1][0] == JOBS
     job = BackfillJob.objects.get()
@@ -304,6 +310,7 @@ def test_add_job_starts_a_ship_type_backfill(admin_client: Client, fake: Any, wo
     ship = world.body(world.killmail_ids(CHARACTER)[0])["victim"]["ship_type_id"]
 
     admin_client.post(ADD_JOB, add_job_data(target_type="ship_type", target_id=str(ship)))
+    jobs_ran()
 
     job = BackfillJob.objects.get()
     assert (job.target_type, job.target_id, job.status) == ("ship_type", ship, "succeeded")
@@ -320,6 +327,7 @@ def test_add_job_starts_a_backfill_of_any_character_id(admin_client: Client, fak
     data = add_job_data(max_pages="2", limit="10")
 
     response = admin_client.post(ADD_JOB, data, follow=True)
+    jobs_ran()
 
     assert response.status_code == 200
     job = BackfillJob.objects.get()
@@ -402,6 +410,7 @@ def test_resume_finishes_a_cancelled_job(admin_client: Client, fake: Any, world)
     lifecycle.cancel_job(job.pk)
 
     response = action(admin_client, JOBS, "resume", [job.pk])
+    jobs_ran()
 
     assert "Resumed 1 of 1 jobs." in response.content.decode()
     job.refresh_from_db()
@@ -425,6 +434,7 @@ def test_retry_failed_fetches_failed_killmails_again(admin_client: Client, fake:
     )
 
     response = action(admin_client, JOBS, "retry_failed", [job.pk])
+    jobs_ran()
 
     assert "Retrying 1 failed killmails of 1 jobs." in response.content.decode()
     job.refresh_from_db()
@@ -560,6 +570,7 @@ def test_backfill_character_starts_one_job_per_character(admin_client: Client, f
         limit="2",
         skip_existing="on",
     )
+    jobs_ran()
 
     assert response.redirect_chain[-1][0] == JOBS
     assert "Started 2 backfill jobs." in response.content.decode()
@@ -642,6 +653,7 @@ def test_backfill_entity_starts_a_job_of_that_kind(
         limit="200",
         skip_existing="on",
     )
+    jobs_ran()
 
     assert response.redirect_chain[-1][0] == JOBS
     assert "Started 1 backfill jobs." in page_text(response)

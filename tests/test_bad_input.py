@@ -103,8 +103,24 @@ def test_cli_rejects_an_empty_character_id(value):
     assert not BackfillJob.objects.exists()
 
 
-def test_cli_exits_1_with_one_line_on_stderr(tmp_path):
+def test_production_settings_without_a_secret_key_refuse_in_one_line(tmp_path):
     env = {"DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}", "PATH": "/usr/bin:/bin"}
+
+    result = manage(env, "backfill_character", "123")
+
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "ImproperlyConfigured: DJANGO_SECRET_KEY must be set when DJANGO_DEBUG is off."
+    ]
+    assert not (tmp_path / "db.sqlite3").exists()
+
+
+def test_cli_exits_1_with_one_line_on_stderr(tmp_path):
+    env = {
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
+        "PATH": "/usr/bin:/bin",
+        "DJANGO_DEBUG": "true",
+    }
 
     result = manage(env, "backfill_character", ARABIC_123)
 
@@ -195,7 +211,7 @@ def graphql(client: Client, query: str, variables: Any = None) -> dict[str, Any]
         {"input": {"characterId": "abc"}},
         {"input": {"characterId": 12.5}},
         {"input": {"characterId": True}},
-        {"input": {"characterId": 99999999999}},  # beyond GraphQL's 32-bit Int
+        {"input": {"characterId": 2**63}},  # beyond the 64-bit BigInt
         {"input": {}},
         {"input": None},
         {},

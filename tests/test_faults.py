@@ -17,7 +17,6 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 import pytest
-from django.db import connection
 
 from backfill.models import BackfillDay, BackfillJob, FailedKillmail, PendingKillmail
 from config.queues import BACKFILL_QUEUES
@@ -33,6 +32,7 @@ from tests.workers import (
     running_workers,
     service_env,
     stored_rows,
+    terminate_database_sessions,
     wait_until,
 )
 
@@ -79,16 +79,6 @@ def wait_for(condition: Any, timeout: float) -> None:
         wait_until(condition, timeout)
     except pytest.fail.Exception:
         pytest.fail(f"timed out after {timeout}s: {where_it_stands()}")
-
-
-def drop_database_connections() -> int:
-    """Terminate every other session of the test database (workers' included)."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-        )
-        return cursor.fetchone()[0]
 
 
 def assert_stored_exactly_once(world: Any, ids: list[int]) -> None:
@@ -172,7 +162,7 @@ def test_killed_workers_broker_restart_and_dropped_connections_lose_nothing(fake
                 restart_rabbitmq()
             else:
                 for _ in range(3):  # idle sessions too, and those that reconnect at once
-                    terminated += drop_database_connections()
+                    terminated += terminate_database_sessions()
                     time.sleep(0.3)
         dealt_at = Killmail.objects.count()
         wait_for(all_finished, timeout=300)

@@ -1,5 +1,5 @@
 """The GraphQL API: authentication, CSRF, the original mutation and `startBackfill`, queries
-and their limits."""
+and their limits: cost, nested pages, BigInt, POST only, rates, staff-only introspection."""
 
 from __future__ import annotations
 
@@ -8,16 +8,19 @@ from typing import Any
 
 import pytest
 from django.contrib.auth.models import Permission
+from django.core.cache import cache
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 
 from api.models import ApiToken
-from api.schema import MAX_KILLMAILS_PAGE
-from backfill import lifecycle, planning
+from api.schema import MAX_KILLMAILS_PAGE, MAX_NESTED_PAGE
+from backfill import lifecycle, planning, tasks
 from backfill.models import BackfillJob
 from backfill.planner import Plan
 from fakeupstream.world import REGIONS
 from killboard.ingest import ingest_killmails
-from killboard.models import Character, ItemType, Killmail, SolarSystem
+from killboard.models import Character, Item, ItemType, Killmail, SolarSystem
 from tests.factories import KillmailFactory
 
 pytestmark = pytest.mark.django_db
@@ -61,8 +64,17 @@ mutation Start($input: StartBackfillInput!) {
   }
 }
 """
+JOB = """
+query Job($id: ID!) {
+  backfillJob(id: $id) {
+    id status targetType targetId toDate plan
+    killmailsListed stored pagesFetched dumpsFetched
+    bodiesFromPage bodiesFromDump bodiesFromEsi skippedNewer
+  }
+}
+"""
 KILLMAILS = """
-query Killmails($characterId: Int, $offset: Int, $limit: Int) {
+query Killmails($characterId: BigInt, $offset: Int, $limit: Int) {
   killmails(characterId: $characterId, offset: $offset, limit: $limit) {
     offset
     hasNextPage
@@ -78,6 +90,12 @@ query Killmails($characterId: Int, $offset: Int, $limit: Int) {
   }
 }
 """
+
+
+@pytest.fixture(autouse=True)
+def _fresh_rates() -> None:
+    """Request counts live in the cache: each test starts with none."""
+    cache.clear()
 
 
 def graphql(
@@ -189,8 +207,11 @@ def test_original_mutation_starts_a_backfill(admin_client: Client, fake: Any, wo
     assert payload["success"] is True
     assert payload["message"] == f"Backfill #{job.pk} of character {CHARACTER} queued."
     assert payload["queuedAt"].startswith(job.created_at.isoformat()[:19])
-    # No broker in tests: the job ran in-process before the answer.
-    assert payload["job"] == {"id": str(job.pk), "status": "succeeded"}
+    # The request only queued it; with no broker, the embedded runner's thread runs it.
+    assert payload["job"] == {"id": str(job.pk), "status": "queued"}
+    assert tasks.runner.wait_idle(60)
+    job.refresh_from_db()
+    assert job.status == "succeeded"
     assert (job.target_id, str(job.from_date), job.max_pages, job.limit, job.skip_existing) == (
         CHARACTER,
         "2023-01-01",
@@ -258,6 +279,7 @@ def test_a_token_with_the_permission_starts_a_backfill(
     variables = {"input": {"characterId": CHARACTER, "options": {"maxPages": 1, "limit": 3}}}
 
     payload = graphql(client, START, variables, **bearer(token)).json()
+    assert tasks.runner.wait_idle(60)
 
     assert payload["data"]["startKillmailBackfill"]["success"] is True
     assert BackfillJob.objects.get().stored == 3
@@ -284,6 +306,7 @@ def test_start_backfill_runs_a_backfill_of_the_target_to_success(
     variables = {"input": {"targetType": target_type, "targetId": target_id, "options": options}}
 
     result = graphql(admin_client, START_ANY, variables).json()
+    assert tasks.runner.wait_idle(60)
 
     assert "errors" not in result
     payload = result["data"]["startBackfill"]
@@ -293,7 +316,8 @@ def test_start_backfill_runs_a_backfill_of_the_target_to_success(
     assert stored_ids() == expected
     assert payload["success"] is True
     assert payload["message"] == f"Backfill #{job.pk} of {words} {target_id} queued."
-    reported = payload["job"]
+    assert payload["job"]["status"] == "queued"  # the embedded runner's thread runs it
+    reported = graphql(admin_client, JOB, {"id": job.pk}).json()["data"]["backfillJob"]
     assert reported["status"] == "succeeded"
     assert (reported["targetType"], reported["targetId"]) == (words, target_id)
     assert reported["toDate"] == "2026-12-31"
@@ -355,6 +379,7 @@ def test_start_backfill_refuses_an_unknown_target_type(admin_client: Client, tar
     variables = {"input": {"targetType": target_type, "targetId": CORPORATION}}
 
     result = graphql(admin_client, START_ANY, variables).json()
+    assert tasks.runner.wait_idle(60)
 
     assert result["data"] is None
     assert "BackfillTargetType" in result["errors"][0]["message"]
@@ -434,8 +459,9 @@ def test_jobs_query_shows_the_plan_dates_and_day_dump_counters(admin_client: Cli
 
 
 def test_killmails_query_resolves_names_in_a_few_queries(
-    admin_client: Client, django_assert_max_num_queries: Any
+    admin_client: Client, django_assert_max_num_queries: Any, settings: Any
 ):
+    settings.GRAPHQL_RATE_PER_MINUTE = settings.GRAPHQL_ADDRESS_RATE_PER_MINUTE = 0  # no cache
     bodies = [KillmailFactory() for _ in range(5)]
     ingest_killmails(bodies)
     newest = bodies[-1]  # same time for all: the highest id comes first
@@ -474,7 +500,9 @@ def test_killmails_of_one_character(admin_client: Client):
 
 
 def test_page_size_is_capped(admin_client: Client):
-    result = graphql(admin_client, KILLMAILS, {"limit": MAX_KILLMAILS_PAGE + 1}).json()
+    query = "query Page($limit: Int) { killmails(limit: $limit) { items { killmailId } } }"
+
+    result = graphql(admin_client, query, {"limit": MAX_KILLMAILS_PAGE + 1}).json()
 
     assert result["data"] is None
     assert f"limit must be from 1 to {MAX_KILLMAILS_PAGE}" in result["errors"][0]["message"]
@@ -513,3 +541,285 @@ def test_huge_documents_are_refused(admin_client: Client):
     result = graphql(admin_client, f"{{ backfillJobs {{ {fields} }} }}").json()
 
     assert "token" in result["errors"][0]["message"].lower()
+
+
+# -- cost ------------------------------------------------------------------------------------
+
+# The query of the incident: 15 aliases of a full page of killmails with their attackers.
+PAGE = "killmails(limit: 50) { items { killmailId attackers { character { id name } } } }"
+EXPENSIVE = "{ " + " ".join(f"a{n}: {PAGE}" for n in range(15)) + " }"
+
+
+def test_the_expensive_aliased_query_is_refused_naming_the_limit(admin_client: Client):
+    ingest_killmails([KillmailFactory() for _ in range(3)])
+
+    with CaptureQueriesContext(connection) as queries:
+        result = graphql(admin_client, EXPENSIVE).json()
+
+    assert result["data"] is None
+    error = result["errors"][0]
+    assert error["message"].startswith("Query cost 227,265 exceeds the maximum of 50,000")
+    assert "GRAPHQL_MAX_COST" in error["message"]
+    assert error["extensions"] == {
+        "code": "QUERY_TOO_COSTLY",
+        "cost": 227_265,
+        "maxCost": 50_000,
+    }
+    assert not [q for q in queries.captured_queries if "killboard_killmail" in q["sql"]]
+
+
+def test_fragments_and_variables_count_like_inline_fields(admin_client: Client, settings: Any):
+    settings.GRAPHQL_MAX_COST = 1000
+    query = """
+    query Page($limit: Int) { killmails(limit: $limit) { items { ...Mail } } }
+    fragment Mail on Killmail { killmailId attackers(limit: 10) { ...Pilot } }
+    fragment Pilot on Participant { character { id name } }
+    """
+
+    small = graphql(admin_client, query, {"limit": 20}).json()  # 1 + 20 x (1 + 1 + 1 + 10 x 3)
+    large = graphql(admin_client, query, {"limit": 50}).json()
+
+    assert small == {"data": {"killmails": {"items": []}}}
+    assert large["errors"][0]["extensions"]["cost"] == 1 + 50 * (3 + 10 * 3)
+
+
+def test_an_absent_limit_counts_as_the_default_page(admin_client: Client, settings: Any):
+    settings.GRAPHQL_MAX_COST = 100
+    query = "{ killmails { items { killmailId } } }"  # 1 + 20 x (1 + 1)
+
+    assert graphql(admin_client, query).json()["data"] == {"killmails": {"items": []}}
+    settings.GRAPHQL_MAX_COST = 40
+    assert (
+        "exceeds the maximum of 40" in graphql(admin_client, query).json()["errors"][0]["message"]
+    )
+
+
+# -- nested pages ----------------------------------------------------------------------------
+
+NESTED = """
+query Nested($id: BigInt!, $offset: Int, $limit: Int) {
+  killmail(killmailId: $id) {
+    attackerCount
+    itemCount
+    attackers(offset: $offset, limit: $limit) { character { id } damage }
+    items(offset: $offset, limit: $limit) { ordinal itemType { id } }
+  }
+}
+"""
+
+
+def titan(sample_bodies: list[dict[str, Any]]) -> dict[str, Any]:
+    body = max(sample_bodies, key=lambda body: len(body["attackers"]))
+    ingest_killmails([body])
+    return body
+
+
+def test_attackers_and_items_come_in_pages_with_their_counts(
+    admin_client: Client,
+    sample_bodies: list[dict[str, Any]],
+    django_assert_max_num_queries: Any,
+    settings: Any,
+):
+    settings.GRAPHQL_RATE_PER_MINUTE = settings.GRAPHQL_ADDRESS_RATE_PER_MINUTE = 0  # no cache
+    body = titan(sample_bodies)
+    attackers, items = body["attackers"], Item.objects.filter(killmail_id=body["killmail_id"])
+    seen: list[int | None] = []
+    offset = 0
+    while offset < len(attackers):
+        variables = {"id": body["killmail_id"], "offset": offset}
+        with django_assert_max_num_queries(8):  # a page, not a row
+            mail = graphql(admin_client, NESTED, variables).json()["data"]["killmail"]
+        assert len(mail["attackers"]) == min(MAX_NESTED_PAGE, len(attackers) - offset)
+        seen += [
+            attacker["character"] and attacker["character"]["id"] for attacker in mail["attackers"]
+        ]
+        offset += MAX_NESTED_PAGE
+
+    assert len(attackers) > 2 * MAX_NESTED_PAGE
+    assert (mail["attackerCount"], mail["itemCount"]) == (len(attackers), items.count())
+    assert seen == [attacker.get("character_id") for attacker in attackers]
+    first = graphql(admin_client, NESTED, {"id": body["killmail_id"], "limit": 5}).json()
+    assert [item["ordinal"] for item in first["data"]["killmail"]["items"]] == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize(
+    ("variables", "message"),
+    [
+        ({"limit": MAX_NESTED_PAGE + 1}, f"limit must be from 1 to {MAX_NESTED_PAGE}, got 101"),
+        ({"limit": 0}, f"limit must be from 1 to {MAX_NESTED_PAGE}, got 0"),
+        ({"offset": -1}, "offset must be 0 or more, got -1"),
+    ],
+)
+def test_nested_pages_are_capped(
+    admin_client: Client,
+    sample_bodies: list[dict[str, Any]],
+    variables: dict[str, int],
+    message: str,
+):
+    body = titan(sample_bodies)
+
+    result = graphql(admin_client, NESTED, {"id": body["killmail_id"], **variables}).json()
+
+    assert result["data"] == {"killmail": None}
+    assert result["errors"][0]["message"] == message
+
+
+# -- BigInt ----------------------------------------------------------------------------------
+
+BEYOND_INT32 = 2**31 + 7
+
+
+def test_ids_and_quantities_beyond_32_bits_round_trip(admin_client: Client):
+    body = KillmailFactory()
+    body["attackers"][0]["character_id"] = BEYOND_INT32
+    body["victim"]["items"][0]["quantity_destroyed"] = 5 * 2**32
+    ingest_killmails([body])
+    query = """query Of($id: BigInt) { killmails(characterId: $id) { items {
+        killmailId attackers { character { id } } items { quantityDestroyed }
+    } } }"""
+
+    for character_id in (BEYOND_INT32, str(BEYOND_INT32)):
+        result = graphql(admin_client, query, {"id": character_id}).json()
+
+        assert "errors" not in result
+        (mail,) = result["data"]["killmails"]["items"]
+        assert mail["attackers"][0]["character"]["id"] == BEYOND_INT32
+        assert mail["items"][0]["quantityDestroyed"] == 5 * 2**32
+
+
+def test_the_original_mutation_takes_a_character_id_beyond_32_bits(admin_client: Client):
+    variables = {"input": {"characterId": BEYOND_INT32, "options": {"maxPages": 0}}}
+
+    result = graphql(admin_client, START, variables).json()
+
+    # Past the scalar: the answer is about the options, not the id.
+    assert "errors" not in result
+    assert result["data"]["startKillmailBackfill"]["message"].startswith("max pages must be")
+
+
+@pytest.mark.parametrize("value", [1.5, 2.0, True, "abc", "1.5", "", None, [1]])
+def test_bigint_refuses_anything_but_whole_numbers(admin_client: Client, value: Any):
+    result = graphql(admin_client, START, {"input": {"characterId": value}}).json()
+
+    assert result["data"] is None
+    assert "characterId" in result["errors"][0]["message"]
+    assert not BackfillJob.objects.exists()
+
+
+@pytest.mark.parametrize("literal", ["1.5", "true", '"abc"', "9223372036854775808"])
+def test_bigint_refuses_such_literals_too(admin_client: Client, literal: str):
+    result = graphql(admin_client, f"{{ killmail(killmailId: {literal}) {{ killmailId }} }}").json()
+
+    assert result["data"] is None
+    assert "BigInt" in result["errors"][0]["message"]
+
+
+# -- POST only -------------------------------------------------------------------------------
+
+
+def test_queries_sent_with_get_are_refused(admin_client: Client):
+    response = admin_client.get(URL, {"query": "{ backfillJobs { totalCount } }"})
+
+    assert response.status_code == 405
+    assert response["Allow"] == "POST"
+    assert response.json()["errors"][0]["message"] == (
+        "GraphQL queries and mutations must be sent with POST, not GET."
+    )
+
+
+def test_graphiql_loads_its_assets_from_the_static_files(admin_client: Client):
+    response = admin_client.get(URL, HTTP_ACCEPT="text/html")
+
+    page = response.content.decode()
+    assert response.status_code == 200
+    assert "/static/api/graphiql/graphiql.min.js" in page
+    assert "/static/api/graphiql/react.production.min.js" in page
+    assert "https://" not in page
+    assert "http://" not in page
+    assert "csrftoken" in response.cookies
+
+
+# -- rates -----------------------------------------------------------------------------------
+
+
+def test_each_token_is_limited_to_its_rate(django_user_model: Any, settings: Any):
+    settings.GRAPHQL_RATE_PER_MINUTE = 3
+    user = user_with(django_user_model, "backfill.view_backfilljob", staff=False)
+    _, busy = ApiToken.objects.issue(user, "busy")
+    _, other = ApiToken.objects.issue(user, "other")
+    query = "{ backfillJobs { totalCount } }"
+
+    answers = [graphql(Client(), query, **bearer(busy)) for _ in range(4)]
+    others = graphql(Client(), query, **bearer(other))
+
+    assert [answer.status_code for answer in answers] == [200, 200, 200, 429]
+    refused = answers[-1]
+    assert 1 <= int(refused["Retry-After"]) <= 60
+    message = refused.json()["errors"][0]["message"]
+    assert message.startswith("Rate limit exceeded: at most 3 GraphQL requests a minute per API")
+    assert message.endswith(f"retry in {refused['Retry-After']} s.")
+    assert others.status_code == 200
+
+
+def test_each_client_address_is_limited_whatever_its_credentials(
+    django_user_model: Any, settings: Any
+):
+    settings.GRAPHQL_ADDRESS_RATE_PER_MINUTE = 2
+    user = user_with(django_user_model, "backfill.view_backfilljob", staff=False)
+    tokens = [ApiToken.objects.issue(user, f"t{n}")[1] for n in range(3)]
+    query = "{ backfillJobs { totalCount } }"
+
+    here = [graphql(Client(), query, **bearer(token)).status_code for token in tokens]
+    anonymous = graphql(Client(), query)
+    elsewhere = graphql(Client(REMOTE_ADDR="192.0.2.9"), query, **bearer(tokens[0]))
+
+    assert here == [200, 200, 429]
+    assert anonymous.status_code == 429
+    assert "per client address" in anonymous.json()["errors"][0]["message"]
+    assert elsewhere.status_code == 200
+
+
+# -- introspection ---------------------------------------------------------------------------
+
+
+def test_introspection_is_refused_to_non_staff_tokens(django_user_model: Any):
+    user = user_with(django_user_model, "backfill.view_backfilljob", staff=False)
+    _, token = ApiToken.objects.issue(user, "bot")
+
+    for query in ("{ __schema { types { name } } }", '{ __type(name: "Killmail") { name } }'):
+        result = graphql(Client(), query, **bearer(token)).json()
+
+        assert result["data"] is None
+        assert result["errors"][0]["message"].startswith(
+            "Introspection (__schema, __type) is for staff users only"
+        )
+    typename = graphql(Client(), "{ __typename }", **bearer(token)).json()
+    assert typename == {"data": {"__typename": "Query"}}
+
+
+def test_introspection_is_allowed_to_staff_sessions_and_tokens(
+    admin_client: Client, django_user_model: Any
+):
+    _, token = ApiToken.objects.issue(user_with(django_user_model, staff=True), "staff")
+    query = '{ __type(name: "BigInt") { name kind } }'
+
+    by_session = graphql(admin_client, query).json()
+    by_token = graphql(Client(), query, **bearer(token)).json()
+
+    assert by_session == by_token == {"data": {"__type": {"name": "BigInt", "kind": "SCALAR"}}}
+
+
+def test_wrong_tokens_lock_the_address_out_even_with_a_right_one(
+    django_user_model: Any, settings: Any
+):
+    settings.AUTH_FAILURE_LIMIT = 3
+    _, token = ApiToken.objects.issue(user_with(django_user_model, staff=False), "bot")
+    query = "{ __typename }"
+
+    wrong = [graphql(Client(), query, **bearer("kb_guess")).status_code for _ in range(3)]
+    right = graphql(Client(), query, **bearer(token))
+
+    assert wrong == [401, 401, 429]
+    assert right.status_code == 429
+    assert right.json()["errors"][0]["message"].startswith("Too many failed attempts")
+    assert int(right["Retry-After"]) > 60

@@ -1,4 +1,5 @@
-"""Nobody in who should not be: write paths, CSRF, GraphQL, production settings, secrets.
+"""Nobody in who should not be: write paths, CSRF, GraphQL, production settings, passwords
+and guessing, secrets.
 
 Every way to change something (the admin's add forms and actions, the GraphQL mutation) is
 tried as an anonymous visitor, a logged-in user who is not staff, and staff without the
@@ -16,8 +17,10 @@ import secrets
 import shutil
 import string
 import subprocess
+import time
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -28,6 +31,7 @@ from django.urls import reverse
 from api.models import ApiToken
 from backfill import lifecycle
 from backfill.models import BackfillJob, FailedKillmail
+from config import throttle
 from killboard.models import Character, RejectedKillmail
 from tests.conftest import logged_in_client
 from tests.factories import KillmailFactory
@@ -317,11 +321,97 @@ def test_production_settings_come_from_the_environment():
     assert loaded["SESSION_COOKIE_SECURE"] is True
 
 
+def test_settings_are_production_unless_django_debug_is_true():
+    env = production_env()
+    env.pop("DJANGO_DEBUG")
+
+    loaded = loaded_settings(env)
+
+    assert loaded["DEBUG"] is False
+    assert loaded["SECURE_SSL_REDIRECT"] is True
+
+
 def test_check_deploy_is_clean_with_production_settings():
     result = manage(production_env(), "check", "--deploy", "--fail-level", "WARNING")
 
     assert result.returncode == 0, result.stderr
     assert "System check identified no issues (0 silenced)." in result.stdout
+
+
+# -- passwords and guessing -----------------------------------------------------------------
+
+
+def test_a_one_letter_password_is_refused(admin_client: Client, django_user_model: Any):
+    response = admin_client.post(
+        reverse("admin:auth_user_add"),
+        {"username": "newcomer", "password1": "a", "password2": "a", "usable_password": "true"},
+    )
+
+    assert response.status_code == 200
+    assert "This password is too short." in response.content.decode()
+    assert not django_user_model.objects.filter(username="newcomer").exists()
+
+
+LOGIN = reverse("admin:login")
+
+
+def log_in(password: str, username: str = "operator", address: str = "198.51.100.7") -> Any:
+    return Client(REMOTE_ADDR=address).post(
+        LOGIN, {"username": username, "password": password, "next": JOBS}
+    )
+
+
+@pytest.fixture
+def operator(django_user_model: Any, settings: Any) -> str:
+    """A staff user whose password is known; three failures lock a login out."""
+    settings.AUTH_FAILURE_LIMIT = 3
+    password = random_secret_key()
+    django_user_model.objects.create_user("operator", password=password, is_staff=True)
+    return password
+
+
+def test_admin_login_is_refused_after_too_many_failures_even_with_the_password(operator: str):
+    failures = [log_in("wrong") for _ in range(3)]
+
+    refused = log_in(operator)
+
+    assert "Please enter the correct username and password" in failures[0].content.decode()
+    assert "Too many failed attempts: try again in 15 minutes." in failures[2].content.decode()
+    assert refused.status_code == 200  # the form again, not the redirect of a login
+    assert "Too many failed attempts: try again in 15 minutes." in refused.content.decode()
+    assert "_auth_user_id" not in refused.wsgi_request.session
+
+
+def test_admin_lockout_ends_after_the_lockout_period(operator: str, monkeypatch: Any):
+    for _ in range(3):
+        log_in("wrong")
+    later = time.time() + 15 * 60 + 1
+    monkeypatch.setattr(throttle, "time", SimpleNamespace(time=lambda: later))
+
+    response = log_in(operator)
+
+    assert response.status_code == 302
+    assert response.url == JOBS
+
+
+def test_admin_lockout_is_per_username_and_address(operator: str, django_user_model: Any):
+    for _ in range(3):
+        log_in("wrong")
+
+    from_elsewhere = log_in(operator, address="198.51.100.8")
+
+    assert from_elsewhere.status_code == 302
+
+
+def test_a_successful_login_forgets_the_failures(operator: str):
+    for _ in range(2):
+        log_in("wrong")
+    assert log_in(operator).status_code == 302
+
+    for _ in range(2):
+        log_in("wrong")
+
+    assert log_in(operator).status_code == 302
 
 
 # -- secrets ---------------------------------------------------------------------------------

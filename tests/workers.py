@@ -29,8 +29,11 @@ from killboard.models import Item, Killmail, Participant
 
 ROOT = Path(__file__).resolve().parent.parent
 # A virtual host of the tests' own, so workers of other runs (a benchmark, a dev's worker)
-# on the same RabbitMQ never take their messages.
-VHOST = "killboard_test"
+# on the same RabbitMQ never take their messages. TEST_RABBITMQ_VHOST gives a run one of its
+# own, so two runs at once (a CI run and a developer's loop) never share queues.
+VHOST = os.environ.get("TEST_RABBITMQ_VHOST", "killboard_test")
+# The workers' log level: TEST_WORKER_LOGLEVEL=info shows every retry and wait of a run.
+WORKER_LOGLEVEL = os.environ.get("TEST_WORKER_LOGLEVEL", "warning")
 
 
 def require_services() -> None:
@@ -90,6 +93,7 @@ def service_env(fake: Any, **extra: str) -> dict[str, str]:
         "ESI_URL": fake.esi_url,
         "R2Z2_URL": fake.r2z2_url,
         "EVE_CONTACT": "tests@example.com",
+        "DJANGO_DEBUG": "true",
         "PYTHONPATH": str(ROOT),
         **extra,
     }
@@ -107,7 +111,7 @@ class Workers:
     def start(self, concurrency: int = 2) -> subprocess.Popen[bytes]:
         name = f"test{len(self.processes)}@%h"
         process = subprocess.Popen(
-            worker_command(name, self.queues, concurrency),
+            worker_command(name, self.queues, concurrency, WORKER_LOGLEVEL),
             cwd=ROOT,
             env=self.env,
             start_new_session=True,  # its own process group, so a kill takes its children too
@@ -205,6 +209,16 @@ def wait_until(condition: Any, timeout: float, interval: float = 0.2) -> None:
         if time.monotonic() > deadline:
             pytest.fail(f"condition not met within {timeout}s")
         time.sleep(interval)
+
+
+def terminate_database_sessions() -> int:
+    """Terminate every other session of the test database (workers' included); how many."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        return cursor.fetchone()[0]
 
 
 def restart_rabbitmq() -> None:

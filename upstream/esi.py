@@ -266,6 +266,8 @@ class EsiClient:
             tokens, window = bucket
             self._intervals[group] = bucket_interval(tokens, window)
             remaining = _int(headers.get("X-Ratelimit-Remaining"))
+            if remaining is not None:
+                self.limiter.observe(f"esi:{group}", remaining, tokens)
             margin = max(tokens * RATE_MARGIN, RATE_MARGIN_MIN_TOKENS)
             if remaining is not None and remaining < margin:
                 # Spent tokens come back as the window slides, at about tokens/window a second.
@@ -273,6 +275,8 @@ class EsiClient:
                 logger.info("ESI group %s has %s tokens left; pausing it", group, remaining)
                 self.limiter.block(f"esi:{group}", seconds)
         remain = _int(headers.get("X-ESI-Error-Limit-Remain"))
+        if remain is not None:
+            self.limiter.observe(ERROR_GATE, remain, None)
         if remain is not None and remain < ERROR_LIMIT_THRESHOLD and response.status_code != 420:
             seconds = capped_wait(headers.get("X-ESI-Error-Limit-Reset"), DEFAULT_ERROR_RESET)
             logger.warning("ESI error limit down to %s; pausing every worker", remain)

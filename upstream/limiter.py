@@ -34,6 +34,9 @@ class Limiter(Protocol):
     def block(self, name: str, seconds: float) -> None:
         """Hold every process back from `name` for `seconds`."""
 
+    def observe(self, name: str, remaining: int, limit: int | None) -> None:
+        """Note what the upstream said is left of `name`'s budget (for the metrics)."""
+
 
 def capped_wait(value: str | float | None, default: float) -> float:
     """Seconds to wait as an upstream states them (a header), at most `MAX_UPSTREAM_WAIT`.

@@ -1,0 +1,1 @@
+"""Operations: Prometheus metrics read from the database, /healthz, and JSON log lines."""
