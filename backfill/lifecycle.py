@@ -314,14 +314,3 @@ def _failures_to_pending(job: BackfillJob) -> int:
     job.failures.filter(pk__in=[f.pk for f in failures]).delete()
     job.add_counts(failed=-len(failures))
     return len(failures)
-
-
-def stalled_jobs() -> list[BackfillJob]:
-    """Running jobs that made no progress for a while and hold no live lease."""
-    now = timezone.now()
-    return list(
-        BackfillJob.objects.lease_free(now).filter(
-            status=BackfillJob.Status.RUNNING,
-            updated_at__lt=now - timedelta(seconds=settings.BACKFILL_STALLED_AFTER_SECONDS),
-        )
-    )
