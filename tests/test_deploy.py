@@ -227,7 +227,7 @@ def test_honcho_runs_the_procfile_from_a_fresh_clone_and_a_backfill_through_guni
         FLOWER_PORT=str(free_port()),
         FLOWER_BASIC_AUTH="admin:secret",
         DJANGO_DEBUG="false",
-        DJANGO_SECRET_KEY="honcho-test-secret-key-not-a-real-one-0123456789",
+        DJANGO_SECRET_KEY="development-only-not-a-secret-honcho-test-0123456789",
         DJANGO_ALLOWED_HOSTS="127.0.0.1,localhost",
         DJANGO_SECURE_SSL_REDIRECT="false",
         ZKILLBOARD_REQUESTS_PER_SECOND="1000",

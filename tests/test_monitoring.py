@@ -31,7 +31,7 @@ from tests.factories import KillmailFactory
 from tests.workers import manage
 
 CHARACTER = 2117325769
-TOKEN = "metrics-token-for-tests"
+TOKEN = "development-only-not-a-secret-metrics"
 RABBITMQ = "amqp://guest:guest@127.0.0.1:5672//"
 NO_BROKER = "amqp://guest:guest@127.0.0.1:9//"
 SAMPLE = re.compile(r"^(?P<name>\w+)(?:\{(?P<labels>[^}]*)\})? (?P<value>\S+)$")
