@@ -13,6 +13,7 @@ what was given; callers show it as it is.
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import date
 from typing import Any
@@ -52,6 +53,17 @@ def parse_positive_id(value: Any, what: str) -> int:
     if parsed is None:
         raise InvalidInput(f"{what} must be a positive whole number, got {value!r}")
     return parsed
+
+
+def parse_seconds(value: Any, what: str) -> float:
+    """A positive, finite number of seconds from user input, or `InvalidInput`."""
+    try:
+        seconds = float(str(value).strip())
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise InvalidInput(f"{what} must be a positive number of seconds, got {value!r}")
+    return seconds
 
 
 def parse_date(value: Any, what: str) -> date | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import signal
 import threading
 from typing import Any
@@ -10,20 +9,9 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from killboard import ratelimit
-from killboard.inputs import InvalidInput, parse_whole_number
+from killboard.inputs import InvalidInput, parse_seconds, parse_whole_number
 from live.follower import Follower
 from upstream import clients
-
-
-def parse_seconds(value: str) -> float:
-    """A positive, finite number of seconds from the command line, or `InvalidInput`."""
-    try:
-        seconds = float(value.strip())
-    except ValueError:
-        seconds = math.nan
-    if not (math.isfinite(seconds) and seconds > 0):
-        raise InvalidInput(f"--seconds must be a positive number of seconds, got {value!r}")
-    return seconds
 
 
 class Command(BaseCommand):
@@ -41,7 +29,9 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         try:
             max_killmails = self._max_killmails(options["max_killmails"])
-            seconds = None if options["seconds"] is None else parse_seconds(options["seconds"])
+            seconds = options["seconds"]
+            if seconds is not None:
+                seconds = parse_seconds(seconds, "--seconds")
         except InvalidInput as exc:
             raise CommandError(str(exc)) from None
         stop = threading.Event()
