@@ -94,6 +94,18 @@ def seconds_until_it_moves(
     return time.monotonic() - started
 
 
+def recoveries_after_blows(asked: Callable[[], int], *, in_flight: int, moved: int) -> list[float]:
+    """BLOWS times: once `in_flight` more requests show work in flight, terminate every
+    session; the seconds until `moved` more requests show the work moving again."""
+    recoveries = []
+    for _ in range(BLOWS):
+        seconds_until_it_moves(asked, by=in_flight, timeout=60)
+        assert blow() > 0
+        time.sleep(1)  # the requests in flight during the blow come back
+        recoveries.append(seconds_until_it_moves(asked, by=moved))
+    return recoveries
+
+
 @pytest.mark.services
 @pytest.mark.usefixtures("_services")
 def test_body_tasks_move_again_within_seconds_of_each_lost_database(fake, world):
@@ -106,14 +118,9 @@ def test_body_tasks_move_again_within_seconds_of_each_lost_database(fake, world)
     def bodies_asked() -> int:
         return fake.stats()["esi_killmails"]
 
-    recoveries = []
     with running_workers(env, count=2, queues=BACKFILL_QUEUES):
         job_id = queue_backfill(env, CHARACTER)
-        for _ in range(BLOWS):
-            seconds_until_it_moves(bodies_asked, by=15, timeout=60)  # bodies in flight
-            assert blow() > 0
-            time.sleep(1)  # the requests in flight during the blow come back
-            recoveries.append(seconds_until_it_moves(bodies_asked, by=5))
+        recoveries = recoveries_after_blows(bodies_asked, in_flight=15, moved=5)
         wait_until(all_finished, timeout=120)
 
     print(f"\nbody tasks moved again {', '.join(f'{s:.1f}s' for s in recoveries)} after blows")
@@ -143,14 +150,9 @@ def test_day_tasks_move_again_within_seconds_of_each_lost_database(fake, world):
     def dumps_asked() -> int:
         return fake.stats()["r2z2_raw"]
 
-    recoveries = []
     with running_workers(env, count=2, queues=BACKFILL_QUEUES):
         job_id = queue_backfill(env, CHARACTER)
-        for _ in range(BLOWS):
-            seconds_until_it_moves(dumps_asked, by=6, timeout=60)  # days in flight
-            assert blow() > 0
-            time.sleep(1)
-            recoveries.append(seconds_until_it_moves(dumps_asked, by=2))
+        recoveries = recoveries_after_blows(dumps_asked, in_flight=6, moved=2)
         # No beat, no watchdog: a walk whose day task was lost would never end.
         wait_until(all_finished, timeout=RECOVERY_SECONDS + 60)
 
