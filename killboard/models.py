@@ -127,12 +127,27 @@ class Entity(models.Model):
 
 
 class Character(Entity):
-    """A pilot."""
+    """A pilot.
+
+    Corporation, alliance and faction come from POST /characters/affiliation/ (a thousand
+    pilots a call); security status and birthday only from /characters/{id}/, fetched where
+    something shows them.
+    """
 
     corporation_id = models.BigIntegerField(null=True, blank=True)
     alliance_id = models.BigIntegerField(null=True, blank=True)
+    faction_id = models.BigIntegerField(null=True, blank=True)
+    # When /characters/affiliation/ last answered for this pilot.
+    affiliation_updated_at = models.DateTimeField(null=True, blank=True)
     security_status = models.FloatField(null=True, blank=True)
     birthday = models.DateTimeField(null=True, blank=True)
+
+    class Meta(Entity.Meta):
+        indexes = [
+            *Entity.Meta.indexes,
+            # Pilots whose affiliation is missing or oldest first: the bulk affiliation scan.
+            models.Index(fields=["affiliation_updated_at"], name="character_affiliation_idx"),
+        ]
 
 
 class Corporation(Entity):
@@ -153,14 +168,55 @@ class Alliance(Entity):
     date_founded = models.DateTimeField(null=True, blank=True)
 
 
+def _reference(model: str) -> models.ForeignKey:
+    """A reference from one entity to another that may not be stored (or named) yet."""
+    return models.ForeignKey(
+        model,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
+
+
+class ItemCategory(Entity):
+    """An inventory category: Ship, Module, Charge... (/universe/categories/{id}/)."""
+
+    published = models.BooleanField(null=True, blank=True)
+
+    class Meta(Entity.Meta):
+        verbose_name_plural = "item categories"
+
+
+class ItemGroup(Entity):
+    """An inventory group, a "ship class" for ships: Frigate, Battleship... (/universe/groups/)."""
+
+    category = _reference("ItemCategory")
+    published = models.BooleanField(null=True, blank=True)
+
+
 class ItemType(Entity):
     """A ship, module, charge or any other inventory type."""
 
-    group_id = models.BigIntegerField(null=True, blank=True)
+    group = _reference("ItemGroup")
+
+
+class Region(Entity):
+    """A region of New Eden (named by /universe/names/)."""
+
+
+class Constellation(Entity):
+    """A constellation: its region comes from /universe/constellations/{id}/."""
+
+    region = _reference("Region")
 
 
 class SolarSystem(Entity):
-    """A solar system where killmails happen."""
+    """A solar system where killmails happen; its constellation from /universe/systems/{id}/."""
+
+    constellation = _reference("Constellation")
+    security_status = models.FloatField(null=True, blank=True)
 
 
 class Faction(Entity):
@@ -421,6 +477,28 @@ class RateLimit(models.Model):
         default=0.0,
         help_text="No request before this (Unix time): after a 429, a 420, a low error limit.",
     )
+    calls = models.BigIntegerField(default=0, help_text="Slots taken since the row was made.")
 
     def __str__(self) -> str:
         return self.name
+
+
+class ConcurrencySlot(models.Model):
+    """One of the N requests a limit lets be in flight at once, across the deployment.
+
+    A holder leases a free slot with one conditional UPDATE and gives it back when its
+    answer arrives; a lease not given back (a killed process) lapses at `leased_until`.
+    """
+
+    name = models.CharField(max_length=64)
+    slot = models.PositiveIntegerField()
+    holder = models.CharField(max_length=64, blank=True)
+    leased_until = models.FloatField(default=0.0, help_text="Free after this (Unix time).")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["name", "slot"], name="concurrency_slot_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name}#{self.slot}"
