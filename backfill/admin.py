@@ -45,18 +45,27 @@ from backfill.paging import ZKB_PAGE_SIZE
 from backfill.planner import Plan
 from killboard.admin import AdminExtension, ReadOnlyAdmin, extend_admin
 from killboard.inputs import is_whole_number
-from killboard.models import Alliance, Character, Corporation, Entity, ItemType, SolarSystem
+from killboard.models import (
+    Alliance,
+    Character,
+    Corporation,
+    Entity,
+    ItemType,
+    Region,
+    SolarSystem,
+)
 
 START_PERMISSION = "backfill.start_backfill"
 TargetType = BackfillJob.TargetType
 
-# The entity tables that name a job's target (a region has none: its jobs show the id only).
+# The entity tables that name a job's target.
 TARGET_ENTITIES: dict[str, type[Entity]] = {
     TargetType.CHARACTER: Character,
     TargetType.CORPORATION: Corporation,
     TargetType.ALLIANCE: Alliance,
     TargetType.SHIP_TYPE: ItemType,
     TargetType.SOLAR_SYSTEM: SolarSystem,
+    TargetType.REGION: Region,
 }
 # Days listed on a job's page (a history job of years has thousands): unfinished days first.
 DAY_ROWS_SHOWN = 100

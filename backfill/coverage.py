@@ -37,7 +37,7 @@ from django.utils import timezone
 
 from backfill import days, lifecycle, planner
 from backfill.models import BackfillJob, CoverageGap, DayCoverage, TargetMonthCoverage
-from killboard.models import Killmail, Participant
+from killboard.models import Killmail, Participant, SolarSystem
 from upstream.r2z2 import R2z2Client
 
 logger = logging.getLogger(__name__)
@@ -463,15 +463,23 @@ def stored_per_month(target_type: str, target_id: int) -> dict[int, int] | None:
     """The store's count of a target's killmails per month (YYYYMM), in the unit of
     zKillboard's statistics: the killmails it took part in as an attacker (kills) plus those
     where it is the victim (losses), so one killmail that is both counts twice, as there. A
-    ship type is the victim's ship or an attacker's; a solar system counts its killmails.
+    ship type is the victim's ship or an attacker's; a solar system or a region counts its
+    killmails.
 
-    One grouped query. None for a region: the store does not know which region a system is
-    in (see `_region_stored`).
+    One grouped query. None for a region while some stored system's region is unknown (its
+    system or constellation details are not fetched yet; see `_region_stored`).
     """
     by_month = TruncMonth("killmail_time", tzinfo=UTC)
-    if target_type == TargetType.SOLAR_SYSTEM:
+    if target_type in (TargetType.SOLAR_SYSTEM, TargetType.REGION):
+        if target_type == TargetType.REGION and not regions_known():
+            return None
+        place = (
+            Q(solar_system_id=target_id)
+            if target_type == TargetType.SOLAR_SYSTEM
+            else Q(solar_system__constellation__region_id=target_id)
+        )
         rows = (
-            Killmail.objects.filter(solar_system_id=target_id)
+            Killmail.objects.filter(place)
             .order_by()
             .annotate(month=by_month)
             .values("month")
@@ -494,6 +502,13 @@ def stored_per_month(target_type: str, target_id: int) -> dict[int, int] | None:
         month = planner.month_of(moment)
         counts[month] = counts.get(month, 0) + count
     return counts
+
+
+def regions_known() -> bool:
+    """Whether the store knows the region of every solar system it holds (from ESI's
+    /universe/systems/ and /universe/constellations/ details)."""
+    unknown = Q(constellation__isnull=True) | Q(constellation__region__isnull=True)
+    return not SolarSystem.objects.filter(unknown).exists()
 
 
 def _region_stored(job: BackfillJob, noted: Mapping[int, int]) -> dict[int, int]:

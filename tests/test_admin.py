@@ -16,7 +16,7 @@ from backfill import lifecycle, planning, tasks
 from backfill.models import BackfillDay, BackfillJob, DayCoverage, FailedKillmail
 from backfill.planner import Plan
 from killboard.ingest import ingest_killmails
-from killboard.models import Character, ItemType, Killmail, Participant, SolarSystem
+from killboard.models import Character, ItemType, Killmail, Participant, Region, SolarSystem
 from tests.conftest import logged_in_client
 from tests.factories import AllianceFactory, CharacterFactory, CorporationFactory, KillmailFactory
 
@@ -374,6 +374,7 @@ def test_job_list_shows_the_target_in_words_with_its_name(admin_client: Client):
     ItemType.objects.create(id=587, name="Rifter")
     lifecycle.create_job(CORPORATION, target_type="corporation")
     lifecycle.create_job(587, target_type="ship_type")
+    Region.objects.create(id=10000002, name="The Forge")
     lifecycle.create_job(10000002, target_type="region")
     lifecycle.create_history_job("2026-08-01", "2026-08-02")
 
@@ -381,7 +382,7 @@ def test_job_list_shows_the_target_in_words_with_its_name(admin_client: Client):
 
     assert f"corporation {CORPORATION} (Tuskers)" in page
     assert "ship type 587 (Rifter)" in page
-    assert "region 10000002" in page
+    assert "region 10000002 (The Forge)" in page
     assert "history 2026-08-01..2026-08-02" in page
 
 

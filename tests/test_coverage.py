@@ -22,7 +22,7 @@ from fakeupstream.server import FakeUpstream
 from fakeupstream.world import World, killmail_time
 from killboard import ratelimit
 from killboard.ingest import ingest_killmails
-from killboard.models import Killmail
+from killboard.models import Constellation, Killmail, Region, SolarSystem
 from upstream import clients
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -264,6 +264,28 @@ def test_a_solar_systems_months_count_its_killmails(world: World) -> None:
     there = Killmail.objects.filter(solar_system_id=system)
     assert sum(counts.values()) == there.count() > 0
     assert coverage.stored_per_month("region", 10000002) is None
+
+
+def test_a_regions_months_count_its_killmails_once_every_systems_region_is_known(
+    world: World,
+) -> None:
+    ids = world.add_character(PILOT, 40, newest=AUGUST, days=60)
+    store(world, ids)
+    systems = sorted(SolarSystem.objects.values_list("id", flat=True))
+    first, rest = systems[0], systems[1:]
+    Region.objects.create(id=10000002, name="The Forge")
+    Constellation.objects.create(id=20000020, name="Kimotoro", region_id=10000002)
+    Constellation.objects.create(id=20000999, name="Elsewhere", region_id=10000043)
+    SolarSystem.objects.filter(id=first).update(constellation_id=20000020)
+    SolarSystem.objects.filter(id__in=rest[1:]).update(constellation_id=20000999)
+    assert coverage.stored_per_month("region", 10000002) is None  # one system's is unknown
+
+    SolarSystem.objects.filter(id__in=rest[:1]).update(constellation_id=20000999)
+    counts = coverage.stored_per_month("region", 10000002)
+
+    there = Killmail.objects.filter(solar_system_id=first).count()
+    assert sum(counts.values()) == there > 0
+    assert sum(coverage.stored_per_month("region", 10000043).values()) == len(ids) - there
 
 
 # -- the command -----------------------------------------------------------------------------
