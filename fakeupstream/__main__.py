@@ -4,6 +4,11 @@ Example::
 
     python -m fakeupstream --port 8765 --character 2117325769:3000 --item-shape mixed
 
+ESI announces a rate-limit bucket on the killmail (3600/15m) and char-affiliation (300/15m)
+route groups and none on the others; ``--esi-bucket GROUP=LIMIT/SECONDS`` (or ``GROUP=none``)
+changes one group, and ``--esi-latency 0.05`` delays every ESI answer by 50 ms. How a client
+used ESI (calls, breaches, concurrency, bucket charges) is at ``GET /_fake/esi``.
+
 With ``--live-rate 10`` R2Z2's live feed (``/r2z2/ephemeral/``) grows by about 10 killmails a
 second; other ``live_*`` fields go through ``--config`` or ``POST /_fake/config``.
 
@@ -22,7 +27,7 @@ import threading
 from datetime import date
 from types import FrameType
 
-from .server import DEFAULT_RAW_SINCE, FakeUpstream
+from .server import DEFAULT_RAW_SINCE, ESI_GROUPS, FakeUpstream
 from .world import World
 
 
@@ -51,6 +56,14 @@ def parse_bucket(text: str) -> tuple[int, float]:
         return int(limit), float(window)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected LIMIT/SECONDS, got {text!r}") from None
+
+
+def parse_group_bucket(text: str) -> tuple[str, tuple[int, float] | None]:
+    """Parse "GROUP=LIMIT/WINDOW_SECONDS" or "GROUP=none" into a group and its bucket."""
+    group, _, size = text.partition("=")
+    if group not in ESI_GROUPS:
+        raise argparse.ArgumentTypeError(f"unknown ESI group {group!r}: one of {ESI_GROUPS}")
+    return group, None if size.lower() == "none" else parse_bucket(size)
 
 
 def parse_ids(text: str) -> list[int]:
@@ -102,9 +115,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--item-shape", choices=("full", "zkbonly", "mixed"), default="full")
     parser.add_argument("--latency-zkb", type=float, default=0.0, help="seconds")
-    parser.add_argument("--latency-esi", type=float, default=0.0, help="seconds")
     parser.add_argument(
-        "--esi-killmail-bucket", type=parse_bucket, default=(3600, 900.0), metavar="LIMIT/SECONDS"
+        "--latency-esi", "--esi-latency", type=float, default=0.0, help="seconds, every ESI route"
+    )
+    parser.add_argument(
+        "--esi-killmail-bucket",
+        type=parse_bucket,
+        default=None,
+        metavar="LIMIT/SECONDS",
+        help="the killmail group's bucket (default 3600/900)",
+    )
+    parser.add_argument(
+        "--esi-bucket",
+        type=parse_group_bucket,
+        action="append",
+        default=[],
+        metavar="GROUP=LIMIT/SECONDS",
+        help="a route group's bucket, or GROUP=none for none; repeatable",
     )
     parser.add_argument("--unresolvable", type=parse_ids, default=[], metavar="ID,ID")
     parser.add_argument(
@@ -148,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         zkb_rate=args.zkb_rate,
         r2z2_rate=args.r2z2_rate,
         esi_killmail_bucket=args.esi_killmail_bucket,
+        esi_buckets=dict(args.esi_bucket),
         item_shape=args.item_shape,
         latency_zkb=args.latency_zkb,
         latency_esi=args.latency_esi,

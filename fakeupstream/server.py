@@ -16,9 +16,16 @@ again within 6 seconds of a 404 is a violation). The feed grows on demand (``fee
 ``POST /_fake/live/append``) and at ``live_rate`` killmails a second; every fed killmail joins
 the world, so the day dumps list it once its day is past. ``GET /_fake/live`` reports it.
 
+ESI (under /esi/) announces a rate-limit bucket (``X-Ratelimit-*`` headers, tokens, 429)
+only on the route groups that have one (DEFAULT_ESI_BUCKETS: killmail and char-affiliation);
+the others are bound by the error limit alone, as on the real ESI today. ``esi_report``
+(``GET /_fake/esi``) counts calls, breaches of both limits, calls during a 420, requests in
+flight at once and every bucket charge.
+
 Standard library only, no Django: it runs in a thread of a pytest process or as its own
 process (``python -m fakeupstream``). Other processes read its statistics and change its
-configuration through ``GET /_fake/stats`` and ``POST /_fake/config``, and drive the live
+configuration through ``GET /_fake/stats`` and ``POST /_fake/config``, read how a client used
+ESI (calls, breaches, concurrency, bucket charges) through ``GET /_fake/esi``, and drive the live
 feed through ``/_fake/live`` (GET: the report), ``/_fake/live/append`` (POST ``{"count": n}``,
 optional ``"late_seconds"``) and ``/_fake/live/expire`` (POST ``{"through": n}``).
 
@@ -88,19 +95,35 @@ ZKB_PLACE_FILTERS = frozenset({"solarSystemID", "regionID"})
 ZKB_NUMBER_FILTERS = frozenset({"year", "month", "pastSeconds", "page"})
 
 ESI_ERROR_WINDOW = 60.0  # seconds; ESI's error limit resets every minute
-ESI_GROUPS = ("killmail", "names", "character", "corporation", "alliance", "universe")
-DEFAULT_ESI_BUCKETS: dict[str, tuple[int, float]] = {
+# Requests already on the wire when the first 420 of a period went out are not the client's
+# fault; one arriving later than this after it is a call during a 420.
+ESI_420_GRACE = 0.05  # seconds
+ESI_GROUPS = (
+    "killmail",
+    "char-affiliation",
+    "names",
+    "character",
+    "corporation",
+    "alliance",
+    "universe",
+)
+NO_GROUP = "none"  # the report's key for ESI paths outside every route group
+# (limit, window seconds) per route group; None: ESI has not turned rate limiting on there
+# yet, so no X-Ratelimit-* headers and only the error limit binds.
+DEFAULT_ESI_BUCKETS: dict[str, tuple[int, float] | None] = {
     "killmail": (3600, 900.0),
-    "names": (36000, 900.0),
-    "character": (36000, 900.0),
-    "corporation": (36000, 900.0),
-    "alliance": (36000, 900.0),
-    "universe": (36000, 900.0),
+    "char-affiliation": (300, 900.0),
+    "names": None,
+    "character": None,
+    "corporation": None,
+    "alliance": None,
+    "universe": None,
 }
 ESI_SUCCESS_COST = 2  # a request is refused unless the bucket still holds a 2xx's cost
 DETAILS_EXPIRE_SECONDS = 3600
 KILLMAIL_EXPIRE_SECONDS = 30 * 86400  # killmails never change
 NAMES_MAX_IDS = 1000
+AFFILIATION_MAX_IDS = 1000
 NAMES_404_BODY = (SAMPLES_DIR / "esi_universe_names_404_issue1181.json").read_bytes()
 
 R2Z2_BURST = 15  # tokens: R2Z2 allows 15 requests a second per IP
@@ -129,6 +152,12 @@ FAMILIES = (
     "esi_corporations",
     "esi_alliances",
     "esi_types",
+    "esi_affiliation",
+    "esi_groups",
+    "esi_categories",
+    "esi_systems",
+    "esi_constellations",
+    "esi_regions",
     "esi_other",
     "r2z2_totals",
     "r2z2_days",
@@ -351,6 +380,102 @@ class ErrorWindow:
         return max(1, math.ceil(self.started + ESI_ERROR_WINDOW - now))
 
 
+class EsiStats:
+    """What the ESI report counts; every method is called with the fake's lock held.
+
+    Calls, statuses and concurrency are kept by route group (NO_GROUP outside every group);
+    a 420 period is a forced storm or an exhausted error limit, known by when it ends.
+    """
+
+    def __init__(self, started: float) -> None:
+        """Start counting from a monotonic time."""
+        self.started = started
+        self.calls_by_group: Counter[str] = Counter()
+        self.calls_by_family: Counter[str] = Counter()
+        self.statuses: dict[str, Counter[str]] = {}
+        self.breaches = dict.fromkeys(("rate_limit", "error_limit", "during_420"), 0)
+        self.min_error_remain: int | None = None
+        self.in_flight: Counter[str] = Counter()
+        self.max_in_flight: Counter[str] = Counter()
+        self.overall_in_flight = 0
+        self.max_overall_in_flight = 0
+        self.charges: dict[str, list[list[float]]] = {}
+        self._period: tuple[str, float] | None = None
+        self._first_420_at = 0.0
+
+    def arrive(self, group: str, family: str) -> None:
+        """Count a request as it arrives and while it is being handled."""
+        self.calls_by_group[group] += 1
+        self.calls_by_family[family] += 1
+        self.in_flight[group] += 1
+        self.max_in_flight[group] = max(self.max_in_flight[group], self.in_flight[group])
+        self.overall_in_flight += 1
+        self.max_overall_in_flight = max(self.max_overall_in_flight, self.overall_in_flight)
+
+    def leave(self, group: str) -> None:
+        """Count a request as handled (its answer is built)."""
+        self.in_flight[group] -= 1
+        self.overall_in_flight -= 1
+
+    def answered(self, group: str, status: int, error_remain: int | None) -> None:
+        """Count an answer's status and the error-limit remain it shows (None: a storm)."""
+        self.statuses.setdefault(group, Counter())[str(status)] += 1
+        if error_remain is not None and (
+            self.min_error_remain is None or error_remain < self.min_error_remain
+        ):
+            self.min_error_remain = error_remain
+
+    def charge(self, group: str, now: float, tokens: int) -> None:
+        """Record tokens taken from a group's bucket."""
+        if tokens:
+            moment = round(now - self.started, 4)
+            self.charges.setdefault(group, []).append([moment, tokens])
+
+    def refused_420(self, period: tuple[str, float], arrived: float, now: float) -> bool:
+        """Note a 420 sent now; tell whether its request came too long after the first one."""
+        if period != self._period:
+            self._period = period
+            self._first_420_at = now
+            return False
+        if arrived - self._first_420_at > ESI_420_GRACE:
+            self.breaches["during_420"] += 1
+            return True
+        return False
+
+    def report(
+        self,
+        bucket_sizes: dict[str, tuple[int, float] | None],
+        error_answers: int,
+        error_limit: int,
+        now: float,
+    ) -> dict[str, Any]:
+        """Return the report as plain JSON-able data (see FakeUpstream.esi_report)."""
+        buckets = {group: list(size) for group, size in bucket_sizes.items() if size}
+        return {
+            "elapsed": round(now - self.started, 4),
+            "buckets": {group: buckets.get(group) for group in bucket_sizes},
+            "calls": {
+                "total": sum(self.calls_by_group.values()),
+                "by_group": dict(self.calls_by_group),
+                "by_family": dict(self.calls_by_family),
+            },
+            "statuses": {group: dict(counts) for group, counts in self.statuses.items()},
+            "breaches": dict(self.breaches),
+            "error_answers": error_answers,
+            "min_error_remain": (
+                error_limit if self.min_error_remain is None else self.min_error_remain
+            ),
+            "max_in_flight": {
+                "overall": self.max_overall_in_flight,
+                "by_group": dict(self.max_in_flight),
+            },
+            "charges": {
+                group: {"bucket": size, "charges": [list(c) for c in self.charges.get(group, [])]}
+                for group, size in buckets.items()
+            },
+        }
+
+
 class FakeUpstream:
     """zKillboard's API under /zkb/api/, ESI under /esi/ and R2Z2 under /r2z2/, on 127.0.0.1."""
 
@@ -360,16 +485,20 @@ class FakeUpstream:
         *,
         zkb_rate: float = 1.0,
         r2z2_rate: float = 15.0,
-        esi_killmail_bucket: tuple[int, float] = (3600, 900.0),
+        esi_killmail_bucket: tuple[int, float] | None = None,
         item_shape: str = "full",
         latency_zkb: float = 0.0,
         latency_esi: float = 0.0,
-        esi_buckets: dict[str, tuple[int, float]] | None = None,
+        esi_buckets: dict[str, tuple[int, float] | None] | None = None,
         fault_seed: int = 0,
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
-        """Prepare a server for a world; nothing listens until start()."""
+        """Prepare a server for a world; nothing listens until start().
+
+        ``esi_buckets`` overrides DEFAULT_ESI_BUCKETS per group (None: no bucket there);
+        ``esi_killmail_bucket``, when given, overrides the killmail group's.
+        """
         self.world = world
         self.host = host
         self.port = port
@@ -377,9 +506,11 @@ class FakeUpstream:
         self._lock = threading.Lock()
         self._httpd: _Server | None = None
         self._thread: threading.Thread | None = None
-        self._bucket_sizes = dict(DEFAULT_ESI_BUCKETS)
-        self._bucket_sizes.update(esi_buckets or {})
-        self._bucket_sizes["killmail"] = esi_killmail_bucket
+        self._bucket_sizes: dict[str, tuple[int, float] | None] = dict(DEFAULT_ESI_BUCKETS)
+        for group, size in (esi_buckets or {}).items():
+            self._bucket_sizes[_esi_group(group)] = _bucket_size(size)
+        if esi_killmail_bucket is not None:
+            self._bucket_sizes["killmail"] = _bucket_size(esi_killmail_bucket)
         self._esi_routes = self._build_esi_routes()
         self.feed = LiveFeed(world, fault_seed)
         self.reset_limits()
@@ -459,7 +590,8 @@ class FakeUpstream:
         """Change behaviour at run time (thread-safe); unknown keys raise ValueError.
 
         Besides the FakeConfig fields: ``esi_killmail_bucket`` (limit, window seconds),
-        ``esi_buckets`` {group: (limit, window)}, ``burst_429`` (answer the next N requests
+        ``esi_buckets`` {group: (limit, window) or None} (a fresh bucket, or none: no
+        X-Ratelimit-* headers and no 429 there), ``burst_429`` (answer the next N requests
         with 429, no violation) and ``storm_420`` (ESI answers 420 for N seconds, no violation).
         """
         names = {f.name for f in fields(FakeConfig)}
@@ -478,6 +610,12 @@ class FakeUpstream:
         }
         if live:
             self.feed.check(settings_from(replace(self.config, **live)))
+        buckets = {
+            _esi_group(group): _bucket_size(size)
+            for group, size in dict(changes.get("esi_buckets") or {}).items()
+        }
+        if "esi_killmail_bucket" in changes:
+            buckets["killmail"] = _bucket_size(changes["esi_killmail_bucket"])
         now = time.monotonic()
         with self._lock:
             for name in names & set(changes):
@@ -492,14 +630,12 @@ class FakeUpstream:
                 self._faults = random.Random(self.config.fault_seed)
             if "esi_error_limit" in changes:
                 self._esi_errors.limit = self.config.esi_error_limit
-            buckets = dict(changes.get("esi_buckets") or {})
-            if "esi_killmail_bucket" in changes:
-                buckets["killmail"] = changes["esi_killmail_bucket"]
-            for group, (limit, window) in buckets.items():
-                if group not in ESI_GROUPS:
-                    raise ValueError(f"unknown ESI group {group!r}")
-                self._bucket_sizes[group] = (int(limit), float(window))
-                self._esi_buckets[group] = SlidingWindow(int(limit), float(window))
+            for group, size in buckets.items():
+                self._bucket_sizes[group] = size
+                if size is None:
+                    self._esi_buckets.pop(group, None)
+                else:
+                    self._esi_buckets[group] = SlidingWindow(*size)
             if "burst_429" in changes:
                 self._burst_429 = int(changes["burst_429"])
             if "storm_420" in changes:
@@ -512,7 +648,10 @@ class FakeUpstream:
         """Return the configuration as plain JSON-able data."""
         with self._lock:
             config = asdict(self.config)
-            config["esi_buckets"] = {g: list(size) for g, size in self._bucket_sizes.items()}
+            config["esi_buckets"] = {
+                group: None if size is None else list(size)
+                for group, size in self._bucket_sizes.items()
+            }
             config["burst_429"] = self._burst_429
             return config
 
@@ -523,7 +662,11 @@ class FakeUpstream:
             self._zkb_bucket = TokenBucket(self.config.zkb_rate, ZKB_BURST, now)
             self._r2z2_bucket = TokenBucket(self.config.r2z2_rate, R2Z2_BURST, now)
             self._zkb_errors: deque[float] = deque()
-            self._esi_buckets = {g: SlidingWindow(*size) for g, size in self._bucket_sizes.items()}
+            self._esi_buckets = {
+                group: SlidingWindow(*size)
+                for group, size in self._bucket_sizes.items()
+                if size is not None
+            }
             self._esi_errors = ErrorWindow(self.config.esi_error_limit)
             self._burst_429 = 0
         self.feed.reset_waits()
@@ -547,6 +690,7 @@ class FakeUpstream:
             self._delivered_bodies: set[int] = set()
             self._killmail_refetches = 0
             self._killmail_fetched_despite_body = 0
+            self._esi_stats = EsiStats(time.monotonic())
         self.feed.reset_counts()
 
     def stats(self) -> dict[str, Any]:
@@ -565,6 +709,28 @@ class FakeUpstream:
             stats["violation_count"] = self._violation_count
             stats["violations_by_rule"] = dict(self._violations_by_rule)
             return stats
+
+    def esi_report(self) -> dict[str, Any]:
+        """Return how a client used ESI since the start or reset_stats().
+
+        Keys: ``calls`` {total, by_group, by_family} (group "none" for paths outside every
+        group); ``statuses`` {group: {status: count}}; ``breaches`` {rate_limit: refused with
+        429 for an exhausted bucket, error_limit: arrived while the error limit was
+        exhausted, during_420: arrived during a 420 period more than ESI_420_GRACE seconds
+        after its first 420 went out}; ``error_answers`` (answers the error limit counted);
+        ``min_error_remain`` (the lowest X-ESI-Error-Limit-Remain sent outside forced storms,
+        the limit itself if none); ``max_in_flight`` {overall, by_group} (most requests
+        handled at once, counted from arrival, before the latency, to the built answer);
+        ``charges`` {group with a bucket: {bucket: [limit, window], charges: [[seconds since
+        the start, tokens], ...]}}; ``buckets`` {group: [limit, window] or None}; ``elapsed``.
+        """
+        with self._lock:
+            return self._esi_stats.report(
+                self._bucket_sizes,
+                self._esi_error_answers,
+                self.config.esi_error_limit,
+                time.monotonic(),
+            )
 
     # -- live feed ---------------------------------------------------------------------------
 
@@ -797,21 +963,28 @@ class FakeUpstream:
 
     def _esi(self, request: Request) -> Response:
         family, group, route = self._esi_route(request)
+        arrived = time.monotonic()
         with self._lock:
             self._requests[family] += 1
+            self._esi_stats.arrive(group or NO_GROUP, family)
+            stats = self._esi_stats  # reset_stats may replace it while this one is handled
             self._check_user_agent(request, "esi_user_agent")
             if not request.headers.get("x-compatibility-date"):
                 self._violate("esi_compatibility_date", request)
-        _sleep(self.config.latency_esi)
-        with self._lock:
-            response = self._esi_admission(request, group, time.monotonic())
-            refused = response is not None
-            fault = None if refused else self._draw_fault()
-            status = self._fault_status() if fault == "5xx" else 200
-        if response is None:
-            response = self._esi_answer(request, route, fault, status)
-        with self._lock:
-            self._esi_account(response, group, charge=not refused)
+        try:
+            _sleep(self.config.latency_esi)
+            with self._lock:
+                response = self._esi_admission(request, group, arrived, time.monotonic())
+                refused = response is not None
+                fault = None if refused else self._draw_fault()
+                status = self._fault_status() if fault == "5xx" else 200
+            if response is None:
+                response = self._esi_answer(request, route, fault, status)
+            with self._lock:
+                self._esi_account(response, group, charge=not refused)
+        finally:
+            with self._lock:
+                stats.leave(group or NO_GROUP)
         return response
 
     def _esi_route(self, request: Request) -> tuple[str, str | None, RouteHandler]:
@@ -828,9 +1001,18 @@ class FakeUpstream:
         return "esi_other", None, _esi_not_found
 
     def _build_esi_routes(self) -> dict[tuple[str, ...], tuple[str, str, str, RouteHandler]]:
-        """Map path patterns to (stats family, rate-limit group, method, handler)."""
+        """Map path patterns to (stats family, rate-limit group, method, handler).
+
+        The first pattern that matches wins, so fixed segments go before wildcards.
+        """
         world = self.world
         return {
+            ("characters", "affiliation"): (
+                "esi_affiliation",
+                "char-affiliation",
+                "POST",
+                self._esi_affiliation,
+            ),
             ("killmails", "*", "*"): ("esi_killmails", "killmail", "GET", self._esi_killmail),
             ("universe", "names"): ("esi_names", "names", "POST", self._esi_names),
             ("characters", "*"): (
@@ -857,16 +1039,51 @@ class FakeUpstream:
                 "GET",
                 _details(world.type_details, "Type not found"),
             ),
+            ("universe", "groups", "*"): (
+                "esi_groups",
+                "universe",
+                "GET",
+                _details(world.group_details, "Group not found"),
+            ),
+            ("universe", "categories", "*"): (
+                "esi_categories",
+                "universe",
+                "GET",
+                _details(world.category_details, "Category not found"),
+            ),
+            ("universe", "systems", "*"): (
+                "esi_systems",
+                "universe",
+                "GET",
+                _details(world.system_details, "Solar system not found"),
+            ),
+            ("universe", "constellations", "*"): (
+                "esi_constellations",
+                "universe",
+                "GET",
+                _details(world.constellation_details, "Constellation not found"),
+            ),
+            ("universe", "regions", "*"): (
+                "esi_regions",
+                "universe",
+                "GET",
+                _details(world.region_details, "Region not found"),
+            ),
         }
 
-    def _esi_admission(self, request: Request, group: str | None, now: float) -> Response | None:
+    def _esi_admission(
+        self, request: Request, group: str | None, arrived: float, now: float
+    ) -> Response | None:
         """Refuse a request over ESI's error limit or rate limit; call with the lock."""
         errors = self._esi_errors
         if errors.in_storm(now):
             self._fault_counts["storm_420"] += 1
+            self._refuse_420(request, ("storm", errors.storm_until), arrived, now)
             return Response.json(420, {"error": "This software has exceeded the error limit."})
         if errors.exhausted(now):
             self._violate("esi_error_limit", request)
+            self._esi_stats.breaches["error_limit"] += 1
+            self._refuse_420(request, ("errors", errors.started or now), arrived, now)
             return Response.json(420, {"error": "This software has exceeded the error limit."})
         if self._burst_429 > 0:
             self._burst_429 -= 1
@@ -875,9 +1092,17 @@ class FakeUpstream:
         bucket = self._esi_buckets.get(group or "")
         if bucket is not None and bucket.remaining(now) < ESI_SUCCESS_COST:
             self._violate("esi_rate_limit", request)
+            self._esi_stats.breaches["rate_limit"] += 1
             retry = str(bucket.retry_after(now, ESI_SUCCESS_COST))
             return Response.json(429, {"error": "Too many requests"}, **{"Retry-After": retry})
         return None
+
+    def _refuse_420(
+        self, request: Request, period: tuple[str, float], arrived: float, now: float
+    ) -> None:
+        """Count a request answered 420 that the client sent after seeing a 420; with the lock."""
+        if self._esi_stats.refused_420(period, arrived, now):
+            self._violate("esi_call_during_420", request)
 
     def _esi_answer(
         self, request: Request, route: RouteHandler, fault: str | None, status: int
@@ -901,6 +1126,7 @@ class FakeUpstream:
         bucket = self._esi_buckets.get(group or "")
         if bucket is not None and charge:
             bucket.charge(now, _esi_cost(status))
+            self._esi_stats.charge(group or NO_GROUP, now, _esi_cost(status))
         # A 420 is the limit itself speaking; counting it would prolong a storm past its end.
         if status >= 400 and status != 420:
             self._esi_errors.add(now)
@@ -911,8 +1137,11 @@ class FakeUpstream:
             response.headers["X-Ratelimit-Limit"] = bucket.describe()
             response.headers["X-Ratelimit-Remaining"] = str(max(0, bucket.limit - used))
             response.headers["X-Ratelimit-Used"] = str(used)
-        response.headers["X-ESI-Error-Limit-Remain"] = str(self._esi_errors.remain(now))
+        remain = self._esi_errors.remain(now)
+        response.headers["X-ESI-Error-Limit-Remain"] = str(remain)
         response.headers["X-ESI-Error-Limit-Reset"] = str(self._esi_errors.reset(now))
+        storm = self._esi_errors.in_storm(now)
+        self._esi_stats.answered(group or NO_GROUP, status, None if storm else remain)
 
     def _esi_killmail(self, request: Request) -> Response:
         _, id_text, given_hash = [p for p in request.path[len(ESI_PREFIX) :].split("/") if p]
@@ -934,17 +1163,9 @@ class FakeUpstream:
         return response
 
     def _esi_names(self, request: Request) -> Response:
-        try:
-            ids = json.loads(request.body or b"null")
-        except ValueError:
-            return Response.json(400, {"error": "Request body is not valid JSON"})
-        valid = isinstance(ids, list) and all(
-            isinstance(i, int) and not isinstance(i, bool) for i in ids
-        )
-        if not valid or not ids:
-            return Response.json(400, {"error": "ids must be a non-empty list of integers"})
-        if len(ids) > NAMES_MAX_IDS:
-            return Response.json(400, {"error": f"Maximum of {NAMES_MAX_IDS} ids allowed"})
+        ids = _id_list(request, NAMES_MAX_IDS)
+        if isinstance(ids, Response):
+            return ids
         unique = list(dict.fromkeys(ids))
         if not all(self.world.is_resolvable(i) for i in unique):
             return Response(404, NAMES_404_BODY)
@@ -952,6 +1173,19 @@ class FakeUpstream:
             {"category": self.world.category(i), "id": i, "name": self.world.name(i)}
             for i in unique
         ]
+        return Response.json(200, answer)
+
+    def _esi_affiliation(self, request: Request) -> Response:
+        """Corporation, alliance and faction of up to 1000 characters; 404 if one is unknown."""
+        ids = _id_list(request, AFFILIATION_MAX_IDS)
+        if isinstance(ids, Response):
+            return ids
+        answer = []
+        for character_id in dict.fromkeys(ids):
+            affiliation = self.world.affiliation(character_id)
+            if affiliation is None:
+                return Response.json(404, {"error": "Character not found"})
+            answer.append({"character_id": character_id, **affiliation})
         return Response.json(200, answer)
 
     # -- R2Z2 --------------------------------------------------------------------------------
@@ -1106,6 +1340,8 @@ class FakeUpstream:
             return Response.json(200, {"ok": True})
         if action == "world" and request.method == "GET":
             return Response.json(200, self._describe_world())
+        if action == "esi" and request.method == "GET":
+            return Response.json(200, self.esi_report())
         if action.startswith("live"):
             return self._control_live(action, request)
         return Response.json(404, {"error": f"no control action {action!r}"})
@@ -1299,6 +1535,39 @@ def _gzip_chunks(chunks: Iterable[bytes], level: int) -> Iterator[bytes]:
     for chunk in chunks:
         yield compressor.compress(chunk)
     yield compressor.flush()
+
+
+def _id_list(request: Request, most: int) -> list[int] | Response:
+    """Read a POST body of 1 to `most` integer ids, or the 400 answer ESI gives instead."""
+    try:
+        ids = json.loads(request.body or b"null")
+    except ValueError:
+        return Response.json(400, {"error": "Request body is not valid JSON"})
+    valid = isinstance(ids, list) and all(
+        isinstance(i, int) and not isinstance(i, bool) for i in ids
+    )
+    if not valid or not ids:
+        return Response.json(400, {"error": "ids must be a non-empty list of integers"})
+    if len(ids) > most:
+        return Response.json(400, {"error": f"Maximum of {most} ids allowed"})
+    return ids
+
+
+def _esi_group(group: str) -> str:
+    """Check an ESI route group's name."""
+    if group not in ESI_GROUPS:
+        raise ValueError(f"unknown ESI group {group!r}")
+    return group
+
+
+def _bucket_size(size: Any) -> tuple[int, float] | None:
+    """Read a bucket size given as (limit, window seconds), or None for no bucket."""
+    if size is None:
+        return None
+    limit, window = size
+    if int(limit) < ESI_SUCCESS_COST or float(window) <= 0:
+        raise ValueError(f"a bucket needs at least {ESI_SUCCESS_COST} tokens and a window")
+    return int(limit), float(window)
 
 
 def _esi_not_found(request: Request) -> Response:

@@ -9,6 +9,11 @@ strictly increase with ``killmail_time`` across the whole world.
 Pools of ship, weapon and item types, item flags, NPC corporations and solar systems are read
 from the real samples in ``fakeupstream/data/``.
 
+Every type has a group and every group a category (GROUPS, CATEGORIES); every solar system
+has a constellation (one per region) in its region. Groups and categories have no name on
+/universe/names/, as on ESI. ``add_corporations``, ``add_characters`` and ``add_types`` grow
+the world for benchmarks without changing any killmail body.
+
 Searches by character, corporation or alliance read the registry; searches by ship type, solar
 system or region read an index of the generated bodies, built on first use and again after
 killmails are added (every body is generated once for it: fine for test-sized worlds).
@@ -101,6 +106,17 @@ REGIONS = {
     31000005: 11000031,  # Thera
     31002238: 11000030,
 }
+
+
+def constellation_of(system_id: int) -> int:
+    """Return the constellation of a system of SOLAR_SYSTEMS: one per region here."""
+    region_id = REGIONS[system_id]
+    if region_id >= 11_000_000:  # wormhole regions
+        return 20_005_000 + (region_id - 11_000_000) * 10
+    return 20_000_000 + (region_id - 10_000_000) * 10
+
+
+CONSTELLATIONS = {constellation_of(s): REGIONS[s] for s in SOLAR_SYSTEMS}  # id -> region id
 # date_founded of a corporation or alliance with no tracked member that has killmails.
 FOUNDED_WITHOUT_KILLMAILS = "2010-01-01T12:00:00Z"
 FOUNDED_DAYS_BEFORE_OLDEST = 30  # a founding date this many days before the oldest killmail
@@ -109,6 +125,63 @@ MODULE_GROUPS = (38, 40, 41, 46, 53, 55, 60, 62, 63, 74, 77, 83, 85, 86, 87, 212
 STRUCTURE_GROUP = 1657
 CONTAINER_GROUP = 448
 NPC_SHIP_GROUP = 1665
+# /universe/categories/ of the groups above: id -> (name, published).
+CATEGORIES = {
+    2: ("Celestial", True),
+    6: ("Ship", True),
+    7: ("Module", True),
+    11: ("Entity", False),
+    65: ("Structure", True),
+}
+# /universe/groups/: id -> (name, category id); EVE's names where known, plausible otherwise.
+GROUPS = {
+    25: ("Frigate", 6),
+    26: ("Cruiser", 6),
+    27: ("Battleship", 6),
+    28: ("Hauler", 6),
+    30: ("Titan", 6),
+    31: ("Shuttle", 6),
+    237: ("Corvette", 6),
+    358: ("Heavy Assault Cruiser", 6),
+    419: ("Combat Battlecruiser", 6),
+    420: ("Destroyer", 6),
+    463: ("Mining Barge", 6),
+    485: ("Dreadnought", 6),
+    513: ("Freighter", 6),
+    540: ("Command Ship", 6),
+    541: ("Interdictor", 6),
+    547: ("Carrier", 6),
+    659: ("Supercarrier", 6),
+    833: ("Force Recon Ship", 6),
+    38: ("Shield Extender", 7),
+    40: ("Shield Booster", 7),
+    41: ("Remote Shield Booster", 7),
+    46: ("Propulsion Module", 7),
+    53: ("Energy Weapon", 7),
+    55: ("Projectile Weapon", 7),
+    60: ("Damage Control", 7),
+    62: ("Armor Repair Unit", 7),
+    63: ("Hull Repair Unit", 7),
+    74: ("Hybrid Weapon", 7),
+    77: ("Shield Hardener", 7),
+    83: ("Projectile Ammo", 7),
+    85: ("Hybrid Charge", 7),
+    86: ("Frequency Crystal", 7),
+    87: ("Capacitor Booster Charge", 7),
+    212: ("Sensor Booster", 7),
+    1308: ("Rig Armor", 7),
+    STRUCTURE_GROUP: ("Citadel", 65),
+    CONTAINER_GROUP: ("Audit Log Secure Container", 2),
+    NPC_SHIP_GROUP: ("Pirate NPC Ship", 11),
+}
+UNPUBLISHED_GROUPS = frozenset({NPC_SHIP_GROUP})
+WORMHOLE_SYSTEMS_FROM = 31_000_000  # J-space ids; this world's wormhole systems are starless
+FILLER_FACTION_SHARE = 0.04  # characters enlisted in a militia
+# Ids of what add_corporations, add_characters and add_types create, clear of every other
+# range of the world (filler corporations sit below, tracked ones from 98_900_001).
+ADDED_CORPORATIONS = range(98_800_001, 98_900_000)
+ADDED_CHARACTERS = range(2_124_000_001, 2_140_000_000)
+ADDED_TYPES = range(200_001, 500_000)
 
 
 class Auto(enum.Enum):
@@ -231,7 +304,11 @@ class World:
         self._alliances: dict[int, int] = {}  # alliance id -> executor corporation id
         self._types: dict[int, int] = {}  # type id -> group id
         self._filler_characters: list[int] = []
+        self._filler_alliances: list[int] = []
         self._player_corporations: list[int] = []
+        self._added_corporations: list[int] = []
+        self._added_characters = 0
+        self._added_types = 0
         self._next_corporation = 98_900_000
         self._next_alliance = 99_100_000
         self._build_pools()
@@ -295,6 +372,60 @@ class World:
     def add_unresolvable(self, ids: set[int] | list[int]) -> None:
         """Make ids fail /universe/names/ and their detail routes, like brand-new ids do."""
         self.unresolvable_ids.update(ids)
+
+    def add_corporations(self, count: int) -> list[int]:
+        """Create count player corporations no killmail shows; return their ids.
+
+        Each has a CEO pilot of its own (resolvable, with details) and about half of them are
+        in an existing alliance. Killmail bodies never change: they draw from other pools.
+        """
+        if len(self._added_corporations) + count > len(ADDED_CORPORATIONS):
+            raise ValueError(f"at most {len(ADDED_CORPORATIONS)} corporations can be added")
+        rng = random.Random(f"{self.seed}:corporations:{len(self._added_corporations)}")
+        ids = []
+        for _ in range(count):
+            corporation_id = ADDED_CORPORATIONS[len(self._added_corporations)]
+            alliance_id = rng.choice(self._filler_alliances) if rng.random() < 0.5 else None
+            ceo_id = self._next_added_character()
+            self._corporations[corporation_id] = Corporation(alliance_id, ceo_id)
+            self._characters[ceo_id] = Character(corporation_id, alliance_id)
+            self._added_corporations.append(corporation_id)
+            ids.append(corporation_id)
+        return ids
+
+    def add_characters(self, count: int) -> list[int]:
+        """Create count pilots in existing player corporations, no killmail shows; return ids."""
+        rng = random.Random(f"{self.seed}:characters:{self._added_characters}")
+        corporations = self._player_corporations + self._added_corporations
+        ids = []
+        for _ in range(count):
+            corporation_id = rng.choice(corporations)
+            character_id = self._next_added_character()
+            alliance_id = self._corporations[corporation_id].alliance_id
+            self._characters[character_id] = Character(corporation_id, alliance_id)
+            ids.append(character_id)
+        return ids
+
+    def add_types(self, count: int) -> list[int]:
+        """Create count item types spread over GROUPS, no killmail shows; return their ids."""
+        if self._added_types + count > len(ADDED_TYPES):
+            raise ValueError(f"at most {len(ADDED_TYPES)} types can be added")
+        rng = random.Random(f"{self.seed}:types:{self._added_types}")
+        groups = sorted(GROUPS)
+        ids = []
+        for _ in range(count):
+            type_id = ADDED_TYPES[self._added_types]
+            self._added_types += 1
+            self._types[type_id] = rng.choice(groups)
+            ids.append(type_id)
+        return ids
+
+    def _next_added_character(self) -> int:
+        if self._added_characters >= len(ADDED_CHARACTERS):
+            raise ValueError(f"at most {len(ADDED_CHARACTERS)} characters can be added")
+        character_id = ADDED_CHARACTERS[self._added_characters]
+        self._added_characters += 1
+        return character_id
 
     # -- reading killmails -------------------------------------------------------------------
 
@@ -455,6 +586,10 @@ class World:
             return "solar_system"
         if entity_id in FACTIONS:
             return "faction"
+        if entity_id in CONSTELLATIONS:
+            return "constellation"
+        if entity_id in CONSTELLATIONS.values():
+            return "region"
         return None
 
     def is_resolvable(self, entity_id: int) -> bool:
@@ -472,6 +607,8 @@ class World:
             "alliance": "Alliance",
             "inventory_type": "Type",
             "solar_system": "System",
+            "constellation": "Constellation",
+            "region": "Region",
         }
         if category is None:
             raise KeyError(entity_id)
@@ -494,9 +631,24 @@ class World:
             "race_id": rng.choice((1, 2, 4, 8)),
             "security_status": round(rng.uniform(-10.0, 5.0), 2),
         }
-        if character.alliance_id:
-            details["alliance_id"] = character.alliance_id
+        details.update(self.affiliation(character_id) or {})
         return details
+
+    def affiliation(self, character_id: int) -> dict[str, int] | None:
+        """Return a character's /characters/affiliation/ entry (without the id), or None.
+
+        Keys: corporation_id, and alliance_id and faction_id only when it has one.
+        """
+        character = self._characters.get(character_id)
+        if character is None or not self.is_resolvable(character_id):
+            return None
+        affiliation = {"corporation_id": character.corporation_id}
+        if character.alliance_id:
+            affiliation["alliance_id"] = character.alliance_id
+        rng = random.Random(f"{self.seed}:faction:{character_id}")
+        if rng.random() < FILLER_FACTION_SHARE:
+            affiliation["faction_id"] = rng.choice(MILITIA_FACTIONS)
+        return affiliation
 
     def corporation_details(self, corporation_id: int) -> dict[str, Any] | None:
         """Return the /corporations/{id}/ body (without the id), or None if unknown.
@@ -551,6 +703,77 @@ class World:
             "published": True,
         }
 
+    def group_details(self, group_id: int) -> dict[str, Any] | None:
+        """Return the /universe/groups/{id}/ body, or None if unknown."""
+        if group_id not in GROUPS:
+            return None
+        name, category_id = GROUPS[group_id]
+        return {
+            "category_id": category_id,
+            "group_id": group_id,
+            "name": name,
+            "published": group_id not in UNPUBLISHED_GROUPS,
+            "types": sorted(t for t, g in self._types.items() if g == group_id),
+        }
+
+    def category_details(self, category_id: int) -> dict[str, Any] | None:
+        """Return the /universe/categories/{id}/ body, or None if unknown."""
+        if category_id not in CATEGORIES:
+            return None
+        name, published = CATEGORIES[category_id]
+        return {
+            "category_id": category_id,
+            "groups": sorted(g for g, (_, c) in GROUPS.items() if c == category_id),
+            "name": name,
+            "published": published,
+        }
+
+    def system_details(self, system_id: int) -> dict[str, Any] | None:
+        """Return the /universe/systems/{id}/ body, or None if unknown."""
+        if system_id not in SOLAR_SYSTEMS or not self.is_resolvable(system_id):
+            return None
+        details: dict[str, Any] = {
+            "constellation_id": constellation_of(system_id),
+            "name": self.name(system_id),
+            "position": self._position(system_id),
+            "security_status": SOLAR_SYSTEMS[system_id],
+            "system_id": system_id,
+        }
+        if system_id < WORMHOLE_SYSTEMS_FROM:
+            details["star_id"] = 40_000_000 + (system_id % 100_000) * 10
+        return details
+
+    def constellation_details(self, constellation_id: int) -> dict[str, Any] | None:
+        """Return the /universe/constellations/{id}/ body, or None if unknown."""
+        if constellation_id not in CONSTELLATIONS or not self.is_resolvable(constellation_id):
+            return None
+        systems = sorted(s for s in SOLAR_SYSTEMS if constellation_of(s) == constellation_id)
+        positions = [self._position(s) for s in systems]
+        return {
+            "constellation_id": constellation_id,
+            "name": self.name(constellation_id),
+            "position": {
+                axis: round(sum(p[axis] for p in positions) / len(positions), 1) for axis in "xyz"
+            },
+            "region_id": CONSTELLATIONS[constellation_id],
+            "systems": systems,
+        }
+
+    def region_details(self, region_id: int) -> dict[str, Any] | None:
+        """Return the /universe/regions/{id}/ body, or None if unknown."""
+        if self.category(region_id) != "region" or not self.is_resolvable(region_id):
+            return None
+        return {
+            "constellations": sorted(c for c, r in CONSTELLATIONS.items() if r == region_id),
+            "description": "",
+            "name": self.name(region_id),
+            "region_id": region_id,
+        }
+
+    def _position(self, system_id: int) -> dict[str, float]:
+        rng = random.Random(f"{self.seed}:position:{system_id}")
+        return {axis: round(rng.uniform(-5e17, 5e17), 1) for axis in "xyz"}
+
     def _founded(self, position: int, entity_id: int) -> str:
         """Return a founding time before every killmail of the entity's tracked members.
 
@@ -574,6 +797,7 @@ class World:
         rng = random.Random(f"{self.seed}:pools")
         pools = sample_pools()
         alliance_ids = rng.sample(range(99_000_000, 99_014_000), 120)
+        self._filler_alliances = alliance_ids
         corporation_ids = [c for c in rng.sample(range(98_000_000, 98_800_000), 600)]
         for index, corporation_id in enumerate(corporation_ids):
             if index < len(alliance_ids):

@@ -20,7 +20,8 @@ from fakeupstream.world import SAMPLES_DIR, World
 DATA = Path(__file__).parent / "data"
 # ESI buckets far above the real ones, for the many tests where the rate is not the point.
 GENEROUS_BUCKETS = dict.fromkeys(
-    ("killmail", "names", "character", "corporation", "alliance", "universe"), (10**6, 900.0)
+    ("killmail", "char-affiliation", "names", "character", "corporation", "alliance", "universe"),
+    (10**6, 900.0),
 )
 # Real upstream samples only the tests read; those the fake upstream reads too (the ESI
 # killmail bodies, the names 404) live with it, in fakeupstream/data/ (SAMPLES_DIR).

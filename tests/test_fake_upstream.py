@@ -660,6 +660,7 @@ def test_details_404_for_unknown_ids(upstream: FakeUpstream, client: requests.Se
 
 
 def test_etag_refresh_answers_304(upstream: FakeUpstream, client: requests.Session) -> None:
+    upstream.configure(esi_buckets={"character": (3600, 900.0)})  # no bucket by default
     url = f"{upstream.esi_url}characters/{PILOT}/"
     first = client.get(url, timeout=10)
     again = client.get(url, headers={"If-None-Match": first.headers["ETag"]}, timeout=10)
