@@ -8,6 +8,11 @@ same options (and `toDate`, and `update`: only what arrived since the last compl
 the same payload. Invalid input answers `success: false` with the same one-line message as
 the CLI, and queues nothing.
 
+`killmails` filters by character, by the victim's ship class (`shipGroupId`) or category
+(`shipCategoryId`), by constellation and by region, combined, from the stored entities (no
+upstream call); item types name their group and category, solar systems their constellation
+and region, each loaded only when the query asks for it.
+
 Limits: operation depth, tokens and aliases per document, page sizes (the killmails' attackers
 and items are paged too, with their counts), and the cost estimate of `api.limits`, so one
 request cannot ask for the whole database. Every EVE id, quantity and damage is a `BigInt`
@@ -25,7 +30,8 @@ from enum import Enum
 from typing import Any
 
 import strawberry
-from django.db.models import Count, Prefetch, Q, QuerySet
+from django.core.exceptions import ObjectDoesNotExist
+from django.db.models import Count, Model, Prefetch, Q, QuerySet
 from strawberry.extensions import MaxAliasesLimiter, MaxTokensLimiter, QueryDepthLimiter
 from strawberry.permission import BasePermission
 from strawberry.schema.config import StrawberryConfig
@@ -39,9 +45,20 @@ from backfill.models import BackfillJob
 from backfill.paging import ZKB_PAGE_SIZE
 from backfill.planner import Plan
 from killboard.inputs import positive_id
-from killboard.models import Entity, Item, Killmail, Participant
+from killboard.models import (
+    Constellation,
+    Entity,
+    Item,
+    ItemGroup,
+    ItemType,
+    Killmail,
+    KillmailQuerySet,
+    Participant,
+    SolarSystem,
+)
 
-# Deepest selection: killmails { items { victim { character { name } } } } is depth 4.
+# Deepest selection: killmails { items { victim { shipType { group { category { name } } } } } }
+# is depth 6.
 MAX_QUERY_DEPTH = 6
 MAX_TOKENS = 2000  # tokens in one document: bounds its size whatever its shape
 MAX_ALIASES = 15  # aliases repeat a field, and with it its cost
@@ -186,10 +203,95 @@ class EntityRef:
     name: str | None
 
 
+def _name(entity: Entity | None) -> str | None:
+    return (entity.name or None) if entity is not None else None
+
+
+def _stored(row: Model, relation: str) -> Any:
+    """The entity `row` references, None when it is not stored (yet): references have no
+    database constraint. Loaded with `row` (see `_related_paths`), so this costs no query."""
+    try:
+        return getattr(row, relation)
+    except ObjectDoesNotExist:
+        return None
+
+
 def _ref(entity: Entity | None, entity_id: int | None) -> EntityRef | None:
     if entity_id is None:
         return None
-    return EntityRef(id=entity_id, name=(entity.name or None) if entity is not None else None)
+    return EntityRef(id=entity_id, name=_name(entity))
+
+
+@strawberry.type(name="ItemGroup")
+class ItemGroupRef:
+    """An inventory group; a ship's group is its class (Frigate, Battleship...)."""
+
+    id: BigInt
+    name: str | None
+    _row: strawberry.Private[ItemGroup | None]
+
+    @strawberry.field(description="Ship, Module, Structure...; null until the group is known.")
+    def category(self) -> EntityRef | None:
+        row = self._row
+        return None if row is None else _ref(_stored(row, "category"), row.category_id)
+
+
+@strawberry.type(name="ItemType")
+class ItemTypeRef:
+    """A ship, module or other item type; `name` is null until ESI resolved it."""
+
+    id: BigInt
+    name: str | None
+    _row: strawberry.Private[ItemType | None]
+
+    @strawberry.field(description="Its group (a ship's class); null until the type is known.")
+    def group(self) -> ItemGroupRef | None:
+        row = self._row
+        if row is None or row.group_id is None:
+            return None
+        group = _stored(row, "group")
+        return ItemGroupRef(id=row.group_id, name=_name(group), _row=group)
+
+
+def _item_type(row: ItemType | None, type_id: int | None) -> ItemTypeRef | None:
+    return None if type_id is None else ItemTypeRef(id=type_id, name=_name(row), _row=row)
+
+
+@strawberry.type(name="Constellation")
+class ConstellationRef:
+    """A constellation of solar systems, in one region."""
+
+    id: BigInt
+    name: str | None
+    _row: strawberry.Private[Constellation | None]
+
+    @strawberry.field(description="Null until the constellation is known.")
+    def region(self) -> EntityRef | None:
+        row = self._row
+        return None if row is None else _ref(_stored(row, "region"), row.region_id)
+
+
+@strawberry.type(name="SolarSystem")
+class SolarSystemRef:
+    """A solar system; `name` is null until ESI resolved it."""
+
+    id: BigInt
+    name: str | None
+    _row: strawberry.Private[SolarSystem | None]
+
+    @strawberry.field(description="Null until the system is known.")
+    def constellation(self) -> ConstellationRef | None:
+        row = self._row
+        if row is None or row.constellation_id is None:
+            return None
+        constellation = _stored(row, "constellation")
+        return ConstellationRef(
+            id=row.constellation_id, name=_name(constellation), _row=constellation
+        )
+
+    @strawberry.field(description="-1.0 to 1.0; null until the system is known.")
+    def security_status(self) -> float | None:
+        return None if self._row is None else self._row.security_status
 
 
 @strawberry.type(name="Participant")
@@ -215,12 +317,12 @@ class ParticipantType:
         return _ref(self._row.faction, self._row.faction_id)
 
     @strawberry.field
-    def ship_type(self) -> EntityRef | None:
-        return _ref(self._row.ship_type, self._row.ship_type_id)
+    def ship_type(self) -> ItemTypeRef | None:
+        return _item_type(self._row.ship_type, self._row.ship_type_id)
 
     @strawberry.field
-    def weapon_type(self) -> EntityRef | None:
-        return _ref(self._row.weapon_type, self._row.weapon_type_id)
+    def weapon_type(self) -> ItemTypeRef | None:
+        return _item_type(self._row.weapon_type, self._row.weapon_type_id)
 
     @strawberry.field(description="Damage taken (victim) or done (attacker).")
     def damage(self) -> BigInt:
@@ -242,8 +344,8 @@ class ItemNode:
     _row: strawberry.Private[Item]
 
     @strawberry.field
-    def item_type(self) -> EntityRef | None:
-        return _ref(self._row.item_type, self._row.item_type_id)
+    def item_type(self) -> ItemTypeRef | None:
+        return _item_type(self._row.item_type, self._row.item_type_id)
 
     @strawberry.field(description="Position among the killmail's items (containers first).")
     def ordinal(self) -> int:
@@ -293,8 +395,9 @@ class KillmailType:
         return self._row.killmail_time
 
     @strawberry.field
-    def solar_system(self) -> EntityRef | None:
-        return _ref(self._row.solar_system, self._row.solar_system_id)
+    def solar_system(self) -> SolarSystemRef | None:
+        system = _stored(self._row, "solar_system")
+        return SolarSystemRef(id=self._row.solar_system_id, name=_name(system), _row=system)
 
     @strawberry.field(description="ISK, as zKillboard estimates it.")
     def total_value(self) -> float | None:
@@ -374,23 +477,53 @@ def _ranges(fields: list[SelectedField], name: str) -> Q | None:
     return ranges if asked else None
 
 
+# Entity fields that lead to another entity, named alike in GraphQL and in the models.
+NESTED_ENTITIES = frozenset({"group", "category", "constellation", "region"})
+
+
+def _children(fields: Iterable[SelectedField], *names: str) -> list[SelectedField]:
+    """The fields selected under the fields named `names`."""
+    return [child for field in fields if field.name in names for child in _fields(field.selections)]
+
+
+def _related_paths(fields: list[SelectedField], name: str, relation: str) -> list[str]:
+    """The entities below field `name` (the model's `relation`) that its selections ask for,
+    as `select_related` paths: `shipType { group { category { name } } }` asks for
+    `ship_type__group` and `ship_type__group__category`."""
+    paths = [relation]
+    for child in _children(fields, name):
+        if child.name in NESTED_ENTITIES:
+            paths += _related_paths([child], child.name, f"{relation}__{child.name}")
+    return paths
+
+
 def _killmail_queryset(fields: list[SelectedField]) -> QuerySet:
     """Killmails with the victim and the pages of attackers and items that `fields` (the
-    selection of one killmail) ask for, in a few queries, never one per row."""
-    queryset = Killmail.objects.select_related("solar_system")
+    selection of one killmail) ask for, with the entities they name (groups, regions...
+    only when asked for), in a few queries, never one per row."""
+    queryset = Killmail.objects.select_related(
+        *_related_paths(fields, "solarSystem", "solar_system")
+    )
     attackers = _ranges(fields, "attackers")
     if attackers is not None or any(field.name == "victim" for field in fields):
         wanted = Q(is_victim=True)
         if attackers is not None:
             wanted |= Q(is_victim=False) & attackers
+        selected = _children(fields, "victim", "attackers")
         participants = Participant.objects.select_related(
-            "character", "corporation", "alliance", "faction", "ship_type", "weapon_type"
+            "character",
+            "corporation",
+            "alliance",
+            "faction",
+            *_related_paths(selected, "shipType", "ship_type"),
+            *_related_paths(selected, "weaponType", "weapon_type"),
         ).filter(wanted)
         queryset = queryset.prefetch_related(Prefetch("participants", queryset=participants))
     items = _ranges(fields, "items")
+    item_types = _related_paths(_children(fields, "items"), "itemType", "item_type")
     # Never all of a killmail's rows: unprefetched, a resolver reads an empty list.
     queryset = queryset.prefetch_related(
-        Prefetch("items", queryset=Item.objects.select_related("item_type").filter(items))
+        Prefetch("items", queryset=Item.objects.select_related(*item_types).filter(items))
         if items is not None
         else Prefetch("items", queryset=Item.objects.none())
     )
@@ -506,15 +639,29 @@ class Query:
         self,
         info: Info,
         character_id: BigInt | None = None,
+        ship_group_id: BigInt | None = None,
+        ship_category_id: BigInt | None = None,
+        constellation_id: BigInt | None = None,
+        region_id: BigInt | None = None,
         offset: int = 0,
         limit: int = DEFAULT_PAGE,
     ) -> KillmailPage:
-        """Killmails newest first; with characterId, those the character took part in."""
+        """Killmails newest first; with characterId, those the character took part in; with
+        shipGroupId or shipCategoryId, those whose victim flew a ship of that group ("ship
+        class") or category; with constellationId or regionId, those that happened there.
+        The filters combine, and go by the stored entities: an id not stored matches nothing."""
         size, start = _page_size(limit, MAX_KILLMAILS_PAGE), _offset(offset)
         fields = _selection_of(info, "items")
         queryset = _killmail_queryset(fields)
-        if character_id is not None:
-            queryset = queryset.involving_character(character_id)
+        for entity_id, scope in (
+            (character_id, KillmailQuerySet.involving_character),
+            (ship_group_id, KillmailQuerySet.of_ship_group),
+            (ship_category_id, KillmailQuerySet.of_ship_category),
+            (constellation_id, KillmailQuerySet.in_constellation),
+            (region_id, KillmailQuerySet.in_region),
+        ):
+            if entity_id is not None:
+                queryset = scope(queryset, entity_id)
         rows = list(queryset.order_by("-killmail_time", "-killmail_id")[start : start + size + 1])
         return KillmailPage(
             items=_killmail_types(fields, rows[:size]),

