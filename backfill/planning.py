@@ -19,7 +19,8 @@ from backfill import coverage, days, paging, planner, updates
 from backfill.models import BackfillDay, BackfillJob, DayCoverage
 from backfill.planner import Plan, Rates
 from killboard.models import Alliance, Character, Corporation
-from upstream.esi import DEFAULT_BUCKET, RATE_HEADROOM, SUCCESS_COST
+from killboard.signals import entity_details_wanted
+from upstream.esi import DEFAULT_BUCKET, bucket_interval
 from upstream.r2z2 import R2z2Client
 from upstream.zkillboard import ZkillboardClient, ZkillboardRejected
 
@@ -35,11 +36,10 @@ BIRTHDAYS = {
 
 def rates() -> Rates:
     """The request rates this deployment keeps, for the plans' time estimates."""
-    tokens, window = DEFAULT_BUCKET
     return Rates(
         zkillboard=settings.ZKILLBOARD_REQUESTS_PER_SECOND,
         r2z2=settings.R2Z2_REQUESTS_PER_SECOND,
-        esi_killmails=tokens / window * RATE_HEADROOM / SUCCESS_COST,
+        esi_killmails=1 / bucket_interval(*DEFAULT_BUCKET, settings.ESI_BUCKET_SHARE),
     )
 
 
@@ -68,6 +68,10 @@ def scoped_plan(
     except ZkillboardRejected as exc:
         logger.warning("No statistics for %s %s: %s", target_type, target_id, exc)
         return Plan(kind="scoped", killmails=0, statistics=False)
+    if not from_date and target_type in BIRTHDAYS:
+        # The walk starts at the target's birthday or founding: have its details (one ESI
+        # call, when missing or stale) fetched first, by enrichment.
+        entity_details_wanted.send(sender=BackfillJob, kind=str(target_type), ids=[target_id])
     first = target_start(target_type, target_id, from_date)
     last = to_date or timezone.now().astimezone(UTC).date()
     return planner.plan_target(

@@ -176,6 +176,18 @@ HEALTH_BEAT_MAX_AGE_SECONDS = env.int("HEALTH_BEAT_MAX_AGE_SECONDS", default=180
 # Upstreams
 ZKILLBOARD_API_URL = env.str("ZKILLBOARD_API_URL", default="https://zkillboard.com/api/")
 ESI_URL = env.str("ESI_URL", default="https://esi.evetech.net/")
+# Share of an announced ESI token bucket (X-Ratelimit-Limit) the deployment paces at, above
+# 0 and at most 1; the rest is headroom, half of it for one burst after an idle spell.
+ESI_BUCKET_SHARE = env.float("ESI_BUCKET_SHARE", default=0.8)
+if not 0 < ESI_BUCKET_SHARE <= 1:
+    raise ImproperlyConfigured(
+        f"ESI_BUCKET_SHARE must be above 0 and at most 1, not {ESI_BUCKET_SHARE}."
+    )
+# ESI requests in flight at once across the deployment on route groups without a bucket
+# (bound by ESI's error limit alone); at least 1.
+ESI_CONCURRENCY = env.int("ESI_CONCURRENCY", default=8)
+if ESI_CONCURRENCY < 1:
+    raise ImproperlyConfigured(f"ESI_CONCURRENCY must be at least 1, not {ESI_CONCURRENCY}.")
 # Requests per second to zKillboard from the whole deployment (zKillboard asks for about 1).
 ZKILLBOARD_REQUESTS_PER_SECOND = env.float("ZKILLBOARD_REQUESTS_PER_SECOND", default=1.0)
 # zKillboard's static host: the day dumps (history/) and the live feed (ephemeral/).
@@ -239,6 +251,7 @@ CELERY_TASK_ROUTES = {
     "backfill.tasks.fetch_day": {"queue": "r2z2_history"},
     "backfill.tasks.check_coverage": {"queue": "r2z2_history"},
     "enrichment.tasks.resolve_names": {"queue": "esi_character_info_queue"},
+    "enrichment.tasks.resolve_affiliations": {"queue": "esi_character_info_queue"},
     "enrichment.tasks.refresh_stale": {"queue": "esi_character_info_queue"},
     "backfill.tasks.resume_stalled_jobs": {"queue": "zkillboard_backfill"},
 }

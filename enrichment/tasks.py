@@ -1,33 +1,43 @@
 """Celery tasks of enrichment: thin wrappers that call `enrichment.services` and queue on.
 
-Queues: names on `esi_character_info_queue` (config/settings.py CELERY_TASK_ROUTES); one
-detail task, `enrich_details(kind, ids)`, for every kind, sent to the queue of the kind's
-entry in `killboard.entities` (`send_details`; a retry stays on that queue). Every task is
-idempotent (it works from what the database says is due), so all run with acks_late. Errors
-follow the one retry policy (config.retries): transient ESI failures and a lost database
-connection retry with backoff and jitter, a rate limit when ESI says; permanent errors are
-written on the entity (retry time, not_found) by the services, never retried. The `failures`
-argument of the tasks that call ESI is the policy's count of transient failures in a row:
-callers leave it out.
+The chain after killmails are stored: the name scan (`resolve_names`) queues the details of
+what it named (every kind whose details follow naming) and the affiliation scan
+(`resolve_affiliations`), which gives pilots their corporation, alliance and faction and
+stores those it meets for the first time, for the next name scan. A detail batch stores
+the entities its answers reference (a type's group, a group's category, a system's
+constellation, a constellation's region) and queues their details (kinds ESI's names route
+does not know) or a name scan (the others). Pilots' own details are fetched only where
+something shows them (`on_details_wanted`, `fetch_details_soon`) and refreshed once fetched.
+
+Queues: the name and affiliation scans on `esi_character_info_queue` (config/settings.py
+CELERY_TASK_ROUTES); one detail task, `enrich_details(kind, ids)`, for every kind, sent to
+the queue of the kind's entry in `killboard.entities` (`send_details`; a retry stays on that
+queue). Every task is idempotent (it works from what the database says is due), so all run
+with acks_late. Errors follow the one retry policy (config.retries): transient ESI failures
+and a lost database connection retry with backoff and jitter, a rate limit when ESI says;
+permanent errors are written on the entity (retry time, not_found) by the services, never
+retried. The `failures` argument of the tasks that call ESI is the policy's count of
+transient failures in a row: callers leave it out.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict
 from functools import partial
 from typing import Any, TypeVar
 
 from celery import shared_task
 from celery.result import AsyncResult
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 
 from config import retries
 from config.retries import RetryingTask
 from enrichment import services
 from killboard.entities import BY_KIND, DETAILED
+from upstream.errors import UpstreamError
 
 logger = logging.getLogger(__name__)
 
@@ -39,10 +49,13 @@ TASK_OPTIONS: dict[str, Any] = {
     # details stay due, and `manage.py enrich` takes them later).
     "max_retries_in_process": 2,
 }
-DETAIL_BATCH = 25  # ids per detail task: short tasks leave worker slots to the backfill
-MAX_IDS_PER_TASK = 200  # a detail task given more queues the rest as further tasks
+# Ids per detail task: the calls of one task run ESI_CONCURRENCY at once, and a task still
+# ends in seconds, leaving worker slots to the backfill.
+DETAIL_BATCH = 100
+MAX_IDS_PER_TASK = 500  # a detail task given more queues the rest as further tasks
 REFRESH_BATCH = 1000  # ids per kind queued by one refresh run (it runs hourly)
 RESOLVE_NAMES_RUN = "enrichment.resolve_names"
+RESOLVE_AFFILIATIONS_RUN = "enrichment.resolve_affiliations"
 
 T = TypeVar("T")
 
@@ -57,11 +70,16 @@ def _call(task: RetryingTask, service: Callable[[], T]) -> T:
 
 
 @shared_task(**TASK_OPTIONS)
-def resolve_names(self: RetryingTask, details: bool = True, failures: int = 0) -> dict[str, int]:
-    """Name every entity whose name is due; then queue the details of those just named."""
+def resolve_names(
+    self: RetryingTask, details: bool = True, limit: int | None = None, failures: int = 0
+) -> dict[str, int]:
+    """Name every entity whose name is due (at most `limit`); with `details`, then queue the
+    details of those just named and the affiliation scan."""
     services.release_queued_run(RESOLVE_NAMES_RUN)
-    on_named = _queue_detail_batches if details else None
-    result = _call(self, partial(services.resolve_names, on_named=on_named))
+    on_named = _queue_details_after_naming if details else None
+    result = _call(self, partial(services.resolve_names, limit=limit, on_named=on_named))
+    if details:
+        enqueue_affiliations()
     return {
         "resolved": result.resolved,
         "calls": result.calls,
@@ -70,40 +88,98 @@ def resolve_names(self: RetryingTask, details: bool = True, failures: int = 0) -
 
 
 @shared_task(**TASK_OPTIONS)
-def enrich_details(
-    self: RetryingTask, kind: str, ids: list[int], failures: int = 0
+def resolve_affiliations(
+    self: RetryingTask,
+    refresh: bool = False,
+    limit: int | None = None,
+    follow: bool = True,
+    failures: int = 0,
 ) -> dict[str, int]:
-    """Fetch the details of entities of one kind (the fields its registry entry keeps)."""
+    """Corporation, alliance and faction of the pilots whose affiliation is due (with
+    `refresh`, also those older than ENRICHMENT_MAX_AGE); with `follow`, a name scan for the
+    corporations, alliances and factions met for the first time."""
+    services.release_queued_run(RESOLVE_AFFILIATIONS_RUN)
+    result = _call(self, partial(services.resolve_affiliations, limit=limit, refresh=refresh))
+    created = sum(len(ids) for ids in result.created.values())
+    if follow and created:
+        enqueue_enrichment(details=True)
+    return {
+        "updated": result.updated,
+        "calls": result.calls,
+        "unknown": len(result.unknown),
+        "created": created,
+    }
+
+
+@shared_task(**TASK_OPTIONS)
+def enrich_details(
+    self: RetryingTask, kind: str, ids: list[int], follow: bool = True, failures: int = 0
+) -> dict[str, Any]:
+    """Fetch the details of entities of one kind (the fields its registry entry keeps); with
+    `follow`, queue the names or details of the entities they brought."""
     if len(ids) > MAX_IDS_PER_TASK:
         # Bound the work of one run: the rest goes out as tasks of its own, side by side.
-        _queue_detail_batches(kind, ids[MAX_IDS_PER_TASK:])
+        _queue_detail_batches(kind, ids[MAX_IDS_PER_TASK:], follow=follow)
         ids = ids[:MAX_IDS_PER_TASK]
-    return asdict(_call(self, partial(services.enrich_details, kind, ids)))
+    result = _call(self, partial(services.enrich_details, kind, ids))
+    if follow:
+        follow_created(result.created)
+    return {
+        "updated": result.updated,
+        "unchanged": result.unchanged,
+        "not_found": result.not_found,
+        "fresh": result.fresh,
+        "unknown": result.unknown,
+        "created": {created: len(new) for created, new in result.created.items()},
+    }
 
 
-def send_details(kind: str, ids: list[int]) -> AsyncResult:
+def send_details(kind: str, ids: list[int], follow: bool = True) -> AsyncResult:
     """Send one detail task now, on its kind's queue."""
-    return enrich_details.apply_async((kind, ids), queue=BY_KIND[kind].queue)
+    return enrich_details.apply_async((kind, ids), {"follow": follow}, queue=BY_KIND[kind].queue)
+
+
+def follow_created(created: Mapping[str, Sequence[int]]) -> None:
+    """Queue what entities new to the store need: a name scan for the kinds ESI's names route
+    names (it queues their details), the details of the others (their name comes with them)."""
+    scan = False
+    for kind, ids in created.items():
+        if not ids:
+            continue
+        if BY_KIND[kind].named:
+            scan = True
+        else:
+            _queue_detail_batches(kind, ids)
+    if scan:
+        enqueue_enrichment(details=True)
 
 
 @shared_task(**TASK_OPTIONS)
 def refresh_stale(self: RetryingTask) -> dict[str, int]:
-    """Periodic: queue details older than ENRICHMENT_MAX_AGE (oldest first) and due names."""
+    """Periodic: queue details older than ENRICHMENT_MAX_AGE (oldest first; pilots' only if
+    fetched before), stale affiliations, and due names."""
     queued = {}
     for entry in DETAILED:
         ids = services.stale_entities(entry.kind, settings.ENRICHMENT_MAX_AGE, REFRESH_BATCH)
         queue_details({entry.kind: ids})
         queued[entry.kind] = len(ids)
+    if services.affiliation_due(limit=1, refresh=True):
+        transaction.on_commit(partial(resolve_affiliations.delay, refresh=True))
     enqueue_enrichment()
     return queued
 
 
-def _queue_detail_batches(kind: str, ids: Sequence[int]) -> None:
-    if not BY_KIND[kind].has_details:  # solar systems and factions have a name only
+def _queue_details_after_naming(kind: str, ids: list[int]) -> None:
+    if BY_KIND[kind].details_follow_names:  # pilots' details wait for someone to show them
+        _queue_detail_batches(kind, ids)
+
+
+def _queue_detail_batches(kind: str, ids: Sequence[int], follow: bool = True) -> None:
+    if not BY_KIND[kind].has_details:  # regions and factions have a name only
         return
     for start in range(0, len(ids), DETAIL_BATCH):
         batch = list(ids[start : start + DETAIL_BATCH])
-        transaction.on_commit(partial(send_details, kind, batch))
+        transaction.on_commit(partial(send_details, kind, batch, follow))
 
 
 def queue_details(ids_by_kind: Mapping[str, Sequence[int]]) -> None:
@@ -112,27 +188,84 @@ def queue_details(ids_by_kind: Mapping[str, Sequence[int]]) -> None:
         _queue_detail_batches(kind, ids)
 
 
-def enqueue_enrichment(details: bool | None = None) -> bool:
-    """Queue a name scan unless one is queued and not started yet; True if this call queued it.
-
-    Called after killmails are stored. `details` (queue the details of what gets named)
-    defaults to on with a broker and off in-process, where the scan runs inline in the caller
-    and thousands of detail calls would hold up a backfill; `manage.py enrich` fetches them.
-    """
-    if details is None:
-        details = not settings.CELERY_TASK_ALWAYS_EAGER
-    if not services.claim_queued_run(RESOLVE_NAMES_RUN):
+def _enqueue_once(run: str, task: Any, **kwargs: Any) -> bool:
+    """Queue `task` on commit unless a run of it is queued and not started yet."""
+    if not services.claim_queued_run(run):
         return False
 
     def send() -> None:
         try:
-            resolve_names.delay(details=details)
+            task.delay(**kwargs)
         except BaseException:
-            services.release_queued_run(RESOLVE_NAMES_RUN)
+            services.release_queued_run(run)
             raise
 
     transaction.on_commit(send)
     return True
+
+
+def enqueue_enrichment(details: bool | None = None) -> bool:
+    """Queue a name scan unless one is queued and not started yet; True if this call queued it.
+
+    Called after killmails are stored. `details` (queue the details of what gets named, and
+    the affiliation scan) defaults to on with a broker and off in-process, where the scan
+    runs inline in the caller and thousands of calls would hold up a backfill; `manage.py
+    enrich` fetches them.
+    """
+    if details is None:
+        details = not settings.CELERY_TASK_ALWAYS_EAGER
+    return _enqueue_once(RESOLVE_NAMES_RUN, resolve_names, details=details)
+
+
+def enqueue_affiliations() -> bool:
+    """Queue the affiliation scan if any pilot's affiliation is due and none is queued."""
+    if not services.affiliation_due(limit=1):
+        return False
+    return _enqueue_once(RESOLVE_AFFILIATIONS_RUN, resolve_affiliations)
+
+
+def fetch_details_soon(kind: str, ids: Sequence[int]) -> None:
+    """Fetch these entities' details in the background, once the current transaction commits.
+
+    For a web request, which must answer at once: with a broker a detail task on the kind's
+    queue; without one (the embedded default) a short thread of this process, which closes
+    its own database connection when done.
+    """
+    ids = list(ids)
+    if settings.CELERY_TASK_ALWAYS_EAGER:
+        transaction.on_commit(partial(_start_thread, kind, ids))
+    else:
+        transaction.on_commit(partial(send_details, kind, ids))
+
+
+def _start_thread(kind: str, ids: list[int]) -> None:
+    thread = threading.Thread(
+        target=_fetch_in_thread, args=(kind, ids), name=f"enrichment-{kind}", daemon=True
+    )
+    thread.start()
+
+
+def _fetch_in_thread(kind: str, ids: list[int]) -> None:
+    try:
+        services.ensure_details(kind, ids)
+    except Exception:
+        # Nobody waits for this thread: the entity stays due, and the next view asks again.
+        logger.exception("Could not fetch the details of %s %s", kind, ids)
+    finally:
+        connection.close()
+
+
+def on_details_wanted(sender: Any, kind: str, ids: Sequence[int], **kwargs: Any) -> None:
+    """Receiver of `killboard.signals.entity_details_wanted`: fetch the details now.
+
+    Sent by whoever is about to read them (a backfill plans its walk from the target's
+    birthday or founding date). Best effort: with ESI unavailable the caller goes on
+    without them.
+    """
+    try:
+        services.ensure_details(kind, ids)
+    except UpstreamError as exc:
+        logger.warning("Details of %s %s not fetched: %s", kind, list(ids), exc)
 
 
 def on_killmails_stored(sender: Any, killmail_ids: Sequence[int] = (), **kwargs: Any) -> None:

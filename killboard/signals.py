@@ -12,3 +12,8 @@ killmails_stored = Signal()
 # those, the killmails the retry stored; the others were stored already). Rows of no job are
 # left out.
 rejections_resolved = Signal()
+
+# Sent by whoever is about to read an entity's details (a backfill plans its walk from its
+# target's birthday or founding date), with `kind` (a `killboard.entities` kind) and
+# `ids=[...]`: a receiver fetches those never fetched or stale before it returns.
+entity_details_wanted = Signal()

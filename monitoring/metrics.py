@@ -120,7 +120,8 @@ def _limits() -> Iterator[Metric]:
     yield blocked
     yield backlog
 
-    observed = ratelimit.observed([name for name, _, _ in rows])
+    # The error gate has a row only once it was closed: requests read it, they take no slot.
+    observed = ratelimit.observed(sorted({ERROR_GATE, *(name for name, _, _ in rows)}))
     remaining = GaugeMetricFamily(
         "killboard_esi_tokens_remaining",
         "Tokens ESI said were left in a route group's bucket, at its last answer.",

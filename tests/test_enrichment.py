@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+import threading
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -15,13 +16,26 @@ from django.db import OperationalError
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
+from backfill import lifecycle, planning
+from backfill import tasks as backfill_tasks
 from enrichment import services, tasks
 from enrichment.models import QueuedRun
 from fakeupstream.server import FakeUpstream
 from fakeupstream.world import World
 from killboard.entities import DETAILED, ENTITY_KINDS
 from killboard.ingest import ingest_killmails
-from killboard.models import Alliance, Character, Corporation, ItemType, SolarSystem
+from killboard.models import (
+    Alliance,
+    Character,
+    Corporation,
+    Faction,
+    ItemCategory,
+    ItemGroup,
+    ItemType,
+    Killmail,
+    Region,
+    SolarSystem,
+)
 from tests.conftest import GENEROUS_BUCKETS
 from tests.factories import CharacterFactory, CorporationFactory
 from upstream import clients
@@ -94,8 +108,10 @@ def test_every_entity_is_named_with_one_call_per_thousand_ids(
         for entity in entry.model.objects.all():
             assert entity.name == world.name(entity.id)
     counts = services.enrichment_counts()
-    assert sum(c["resolved"] for c in counts.values()) == total
-    assert all(c["pending"] == c["unresolvable"] == 0 for c in counts.values())
+    assert all(c["failed"] == 0 for c in counts.values())
+    # Named kinds without details (or with theirs on demand) are done; the others wait for them.
+    assert counts["faction"]["resolved"] == Faction.objects.count() > 0
+    assert counts["corporation"]["pending"] == Corporation.objects.count()
     assert_good_citizen(upstream)
 
 
@@ -123,7 +139,7 @@ def test_unresolvable_ids_are_isolated_and_retried_later(
         assert abs((entity.name_retry_at - retry_at).total_seconds()) < 60
     assert not Character.objects.filter(name="").exclude(id=bad_character).exists()
     counts = services.enrichment_counts()
-    assert counts["character"]["unresolvable"] == counts["type"]["unresolvable"] == 1
+    assert counts["character"]["failed"] == counts["type"]["failed"] == 1
 
     # Nothing is due until the retry time has passed: no call at all.
     assert services.resolve_names().calls == 0
@@ -171,8 +187,8 @@ def test_details_are_filled_then_refreshed_with_etags(upstream: FakeUpstream, wo
     assert first.updated == len(ids)
     pilot = Character.objects.get(id=PILOT)
     details = world.character_details(PILOT)
-    assert pilot.corporation_id == details["corporation_id"]
-    assert pilot.alliance_id == details.get("alliance_id")
+    # Membership comes from /characters/affiliation/, never from a pilot's details.
+    assert pilot.corporation_id is None
     assert pilot.security_status == details["security_status"]
     assert pilot.birthday == parse_datetime(details["birthday"])
     assert pilot.etag
@@ -193,7 +209,7 @@ def test_details_are_filled_then_refreshed_with_etags(upstream: FakeUpstream, wo
     assert not Character.objects.filter(
         details_updated_at__lt=timezone.now() - timedelta(minutes=1)
     )
-    assert Character.objects.get(id=PILOT).corporation_id == details["corporation_id"]
+    assert Character.objects.get(id=PILOT).security_status == details["security_status"]
     assert_good_citizen(upstream)
 
 
@@ -233,7 +249,7 @@ def test_detail_404_marks_the_entity_not_found(upstream: FakeUpstream) -> None:
     assert (result.not_found, result.unknown) == (1, 1)
     unknown.refresh_from_db()
     assert unknown.not_found
-    assert services.enrichment_counts()["corporation"]["unresolvable"] == 1
+    assert services.enrichment_counts()["corporation"]["failed"] == 1
     # Never asked for again: not by names, details or refresh.
     assert services.resolve_names().calls == 0
     assert services.enrich_details("corporation", [unknown.id]).unknown == 1
@@ -266,20 +282,35 @@ def test_a_lost_database_connection_retries_the_detail_task(upstream: FakeUpstre
 
 def test_refresh_takes_the_oldest_details_first_in_bounded_batches() -> None:
     now = timezone.now()
-    never = CharacterFactory(details_updated_at=None)
-    ten_days = CharacterFactory(details_updated_at=now - timedelta(days=10))
-    nine_days = CharacterFactory(details_updated_at=now - timedelta(days=9))
-    CharacterFactory(details_updated_at=now - timedelta(days=1))
-    CharacterFactory(details_updated_at=None, not_found=True)
-    CharacterFactory(details_updated_at=None, name="")  # names come first
+    never = CorporationFactory(details_updated_at=None)
+    ten_days = CorporationFactory(details_updated_at=now - timedelta(days=10))
+    nine_days = CorporationFactory(details_updated_at=now - timedelta(days=9))
+    CorporationFactory(details_updated_at=now - timedelta(days=1))
+    CorporationFactory(details_updated_at=None, not_found=True)
+    CorporationFactory(details_updated_at=None, name="")  # names come first
 
-    assert services.stale_entities("character", timedelta(days=7), 10) == [
+    assert services.stale_entities("corporation", timedelta(days=7), 10) == [
         never.id,
         ten_days.id,
         nine_days.id,
     ]
-    assert services.stale_entities("character", timedelta(days=7), 2) == [never.id, ten_days.id]
-    assert services.undetailed_entities("character", 10) == [never.id]
+    assert services.stale_entities("corporation", timedelta(days=7), 2) == [
+        never.id,
+        ten_days.id,
+    ]
+    assert services.undetailed_entities("corporation", 10) == [never.id]
+    assert services.count_due_details("corporation") == 1
+
+
+def test_pilots_details_are_refreshed_only_where_they_were_fetched_before() -> None:
+    now = timezone.now()
+    CharacterFactory(details_updated_at=None)  # never shown: not fetched by a refresh either
+    stale = CharacterFactory(details_updated_at=now - timedelta(days=10))
+    CharacterFactory(details_updated_at=now - timedelta(days=1))
+
+    assert services.stale_entities("character", timedelta(days=7), 10) == [stale.id]
+    assert services.undetailed_entities("character", 10) == []
+    assert services.count_due_details("character", refresh=True) == 1
 
 
 @embedded_only
@@ -292,8 +323,15 @@ def test_names_then_details_of_what_was_just_named(
 
     for entry in DETAILED:
         undetailed = entry.model.objects.filter(details_updated_at__isnull=True)
-        assert not undetailed.exists(), entry.kind
-    assert not SolarSystem.objects.filter(name="").exists()
+        if entry.details_on_demand:
+            assert undetailed.count() == entry.model.objects.count() > 0
+        else:
+            assert not undetailed.exists(), entry.kind
+    for entry in ENTITY_KINDS:
+        assert not entry.model.objects.filter(name="").exists(), entry.kind
+    assert not Character.objects.filter(affiliation_updated_at__isnull=True).exists()
+    # Pilots' details wait for something to show them.
+    assert upstream.stats()["esi_characters"] == 0
     assert_good_citizen(upstream)
 
 
@@ -316,6 +354,150 @@ def test_refresh_stale_task_uses_etags(
     assert not Alliance.objects.filter(details_updated_at=long_ago).exists()
 
 
+def test_a_type_brings_its_group_and_the_group_its_category(
+    upstream: FakeUpstream, world: World, django_capture_on_commit_callbacks
+) -> None:
+    type_ids = world.add_types(40)
+    ItemType.objects.bulk_create([ItemType(id=type_id) for type_id in type_ids])
+
+    with django_capture_on_commit_callbacks(execute=True):
+        tasks.send_details("type", type_ids)
+
+    groups = {world.type_details(type_id)["group_id"] for type_id in type_ids}
+    assert set(ItemGroup.objects.values_list("id", flat=True)) == groups
+    for item_type in ItemType.objects.select_related("group__category"):
+        group = world.group_details(item_type.group_id)
+        category = world.category_details(group["category_id"])
+        assert item_type.name == world.name(item_type.id)
+        assert (item_type.group.name, item_type.group.published) == (
+            group["name"],
+            group["published"],
+        )
+        assert (item_type.group.category.name, item_type.group.category.published) == (
+            category["name"],
+            category["published"],
+        )
+    counts = services.enrichment_counts()
+    for kind in ("type", "group", "category"):
+        assert counts[kind]["pending"] == counts[kind]["failed"] == 0, kind
+    # Each fetched once: one call per entity, and the names route never asked for groups.
+    stats = upstream.stats()
+    report = upstream.esi_report()["calls"]["by_family"]
+    assert report["esi_groups"] == len(groups)
+    assert report["esi_categories"] == ItemCategory.objects.count()
+    assert stats["esi_names"] == 0
+    assert_good_citizen(upstream)
+
+
+@embedded_only
+def test_a_system_brings_its_constellation_and_the_constellation_its_region(
+    upstream: FakeUpstream, world: World, django_capture_on_commit_callbacks
+) -> None:
+    store(world, 10)
+    assert SolarSystem.objects.count() > 1
+
+    with django_capture_on_commit_callbacks(execute=True):
+        tasks.resolve_names.apply(kwargs={"details": True})
+
+    for system in SolarSystem.objects.select_related("constellation__region"):
+        details = world.system_details(system.id)
+        constellation = world.constellation_details(details["constellation_id"])
+        assert system.name == world.name(system.id)
+        assert system.security_status == details["security_status"]
+        assert system.constellation.name == constellation["name"]
+        assert system.constellation.region_id == constellation["region_id"]
+        assert system.constellation.region.name == world.name(constellation["region_id"])
+    assert Region.objects.exists()
+    # Killmails of a region are found through the stored systems.
+    region = Region.objects.first()
+    assert Killmail.objects.in_region(region.id).exists()
+    assert_good_citizen(upstream)
+
+
+def test_a_batch_of_details_runs_its_calls_concurrently(
+    upstream: FakeUpstream, world: World, settings
+) -> None:
+    settings.ESI_CONCURRENCY = 4
+    clients._esi.cache_clear()
+    corporation_ids = world.add_corporations(24)
+    Corporation.objects.bulk_create([Corporation(id=i) for i in corporation_ids])
+    upstream.configure(latency_esi=0.05)
+
+    result = services.enrich_details("corporation", corporation_ids)
+
+    assert result.updated == len(corporation_ids)
+    report = upstream.esi_report()
+    assert 1 < report["max_in_flight"]["by_group"]["corporation"] <= 4
+    assert report["calls"]["by_family"]["esi_corporations"] == len(corporation_ids)
+    for corporation in Corporation.objects.all():
+        assert corporation.ticker == world.corporation_details(corporation.id)["ticker"]
+    assert_good_citizen(upstream)
+
+
+# -- pilots' details, where something shows them ---------------------------------------------
+
+
+def pilot_calls(fake: FakeUpstream) -> int:
+    return fake.esi_report()["calls"]["by_family"].get("esi_characters", 0)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_backfill_fetches_its_target_pilots_details_before_planning(
+    fake: FakeUpstream, world: World
+) -> None:
+    job = lifecycle.create_job(PILOT, max_pages=1, limit=10)
+
+    backfill_tasks.start_job(job.pk)
+
+    pilot = Character.objects.get(id=PILOT)
+    details = world.character_details(PILOT)
+    assert pilot.birthday == parse_datetime(details["birthday"])
+    assert pilot.security_status == details["security_status"]
+    assert pilot_calls(fake) == 1
+    # The walk starts at the birthday's month, not in 2007.
+    assert planning.target_start("character", PILOT, None) == pilot.birthday.date().replace(day=1)
+    # Fresh details are not asked again, and a from_date needs none.
+    backfill_tasks.start_job(lifecycle.create_job(PILOT, max_pages=1, limit=10).pk)
+    backfill_tasks.start_job(
+        lifecycle.create_job(2112000000, from_date="2020-01-01", max_pages=1, limit=10).pk
+    )
+    assert pilot_calls(fake) == 1
+    # Nothing else asks for pilots' details: the other pilots of the stored killmails wait.
+    assert Character.objects.exclude(id=PILOT).filter(details_updated_at__isnull=False).count() == 0
+
+
+@embedded_only
+@pytest.mark.django_db(transaction=True)
+def test_a_pilots_admin_page_fetches_its_details_in_the_background(
+    fake: FakeUpstream, world: World, admin_client
+) -> None:
+    Character.objects.create(id=PILOT, name="Shown")
+    page = f"/admin/killboard/character/{PILOT}/change/"
+
+    assert admin_client.get(page).status_code == 200
+
+    deadline = time.monotonic() + 30
+    while Character.objects.get(id=PILOT).birthday is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    pilot = Character.objects.get(id=PILOT)
+    assert pilot.birthday == parse_datetime(world.character_details(PILOT)["birthday"])
+    # Shown again while fresh: nothing is fetched.
+    assert admin_client.get(page).status_code == 200
+    for thread in threading.enumerate():
+        if thread.name.startswith("enrichment-"):
+            thread.join(30)
+    assert pilot_calls(fake) == 1
+    # Stale after ENRICHMENT_MAX_AGE: the next view fetches again (an ETag makes it a 304).
+    long_ago = timezone.now() - timedelta(days=30)
+    Character.objects.filter(id=PILOT).update(details_updated_at=long_ago, expires_at=long_ago)
+    admin_client.get(page)
+    for thread in threading.enumerate():
+        if thread.name.startswith("enrichment-"):
+            thread.join(30)
+    assert pilot_calls(fake) == 2
+    assert Character.objects.get(id=PILOT).details_updated_at > long_ago
+
+
 # -- triggers and visibility -----------------------------------------------------------------
 
 
@@ -330,8 +512,7 @@ def test_in_process_storing_waits_for_enrich_to_name_everything(
 
     call_command("enrich", "--names-only", stdout=io.StringIO())
 
-    counts = services.enrichment_counts()
-    assert all(c["pending"] == 0 for c in counts.values())
+    assert services.pending_names() == {}
     assert upstream.stats()["esi_names"] == math.ceil(len(entity_ids()) / NAMES_MAX_IDS)
     assert upstream.stats()["esi_details"] == 0
 
@@ -349,31 +530,20 @@ def test_a_burst_of_batches_queues_one_name_scan(upstream: FakeUpstream) -> None
     assert upstream.stats()["requests"] == 0
 
 
-def test_counts_tell_resolved_pending_and_unresolvable() -> None:
-    CharacterFactory.create_batch(3)
+def test_counts_tell_resolved_pending_and_failed() -> None:
+    now = timezone.now()
+    CharacterFactory.create_batch(3, affiliation_updated_at=now, corporation_id=98_000_001)
+    CharacterFactory(affiliation_updated_at=None)  # named, affiliation pending
     CharacterFactory(name="")
-    CharacterFactory(name="", name_retry_at=timezone.now() + timedelta(hours=1))
+    CharacterFactory(name="", name_retry_at=now + timedelta(hours=1))
     CharacterFactory(name="", not_found=True)
+    CharacterFactory(affiliation_updated_at=now, corporation_id=None)  # ESI knew no such pilot
+    CorporationFactory(details_updated_at=now)
+    CorporationFactory(details_updated_at=None)  # named, details pending
 
     counts = services.enrichment_counts()
 
-    assert counts["character"] == {"resolved": 3, "pending": 1, "unresolvable": 2}
-    assert counts["faction"] == {"resolved": 0, "pending": 0, "unresolvable": 0}
-    assert "character 3/1/2" in services.format_counts(counts)
-
-
-@embedded_only
-def test_enrich_command_names_and_details_everything(upstream: FakeUpstream, world: World) -> None:
-    store(world, 2)
-    world.add_unresolvable([PILOT])
-    out = io.StringIO()
-
-    call_command("enrich", stdout=out)
-
-    output = out.getvalue()
-    characters = Character.objects.count()
-    assert "1 unresolvable" in output
-    assert f"character {characters - 1}/0/1" in output
-    for model in (entry.model for entry in DETAILED):
-        assert not model.objects.filter(details_updated_at__isnull=True).exclude(name="").exists()
-    assert_good_citizen(upstream)
+    assert counts["character"] == {"resolved": 3, "pending": 2, "failed": 3}
+    assert counts["corporation"] == {"resolved": 1, "pending": 1, "failed": 0}
+    assert counts["faction"] == {"resolved": 0, "pending": 0, "failed": 0}
+    assert "character 3/2/3" in services.format_counts(counts)

@@ -1,4 +1,5 @@
-"""A kind's entry in killboard.entities is all enrichment needs: its table, route and queue."""
+"""A kind's entry in killboard.entities is all enrichment needs: its table, how it is named,
+its route, what its details reference, and its queue."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from django.contrib import admin
 
 from config.queues import ENRICHMENT_QUEUES
 from enrichment import tasks
-from killboard.entities import DETAILED, ENTITY_KINDS
+from killboard.entities import BY_KIND, DETAILED, ENTITY_KINDS
 from killboard.models import Entity
 
 
@@ -33,9 +34,48 @@ def test_a_detailed_kind_has_a_route_a_group_a_consumed_queue_and_its_fields(ent
     assert entry.path(90).endswith("/")
     assert entry.detail_group
     assert entry.queue in ENRICHMENT_QUEUES
-    model_fields = {field.name for field in entry.model._meta.concrete_fields}
+    model_fields = {field.attname for field in entry.model._meta.concrete_fields}
     assert entry.detail_fields
     assert set(entry.detail_fields) <= model_fields
+
+
+@pytest.mark.parametrize("entry", DETAILED, ids=lambda entry: entry.kind)
+def test_a_universe_route_shares_the_universe_group_and_the_type_queue(entry) -> None:
+    universe = entry.detail_path.startswith("universe/")
+
+    assert (entry.detail_group == "universe") == universe
+    assert (entry.queue == "esi_type_info_queue") == universe
+
+
+def test_every_kind_gets_its_name_from_names_or_from_its_details() -> None:
+    for entry in ENTITY_KINDS:
+        assert entry.named or entry.has_details, entry.kind
+    assert {entry.kind for entry in ENTITY_KINDS if not entry.named} == {"group", "category"}
+
+
+def test_references_are_kept_fields_pointing_at_kinds_later_in_the_registry() -> None:
+    order = [entry.kind for entry in ENTITY_KINDS]
+    for entry in ENTITY_KINDS:
+        for attname, kind in entry.references.items():
+            assert attname in entry.detail_fields, (entry.kind, attname)
+            # One pass in registry order follows every cascade.
+            assert order.index(kind) > order.index(entry.kind), (entry.kind, kind)
+            field = entry.model._meta.get_field(attname.removesuffix("_id"))
+            assert field.related_model is BY_KIND[kind].model
+    assert BY_KIND["type"].references == {"group_id": "group"}
+    assert BY_KIND["group"].references == {"category_id": "category"}
+    assert BY_KIND["solar_system"].references == {"constellation_id": "constellation"}
+    assert BY_KIND["constellation"].references == {"region_id": "region"}
+
+
+def test_only_pilots_are_detailed_on_demand_and_their_details_keep_no_affiliation() -> None:
+    on_demand = [entry.kind for entry in ENTITY_KINDS if entry.details_on_demand]
+
+    assert on_demand == ["character"]
+    assert set(BY_KIND["character"].detail_fields) == {"security_status", "birthday"}
+    assert not BY_KIND["character"].details_follow_names
+    assert BY_KIND["corporation"].details_follow_names
+    assert not BY_KIND["group"].details_follow_names  # created by types, detailed directly
 
 
 def test_every_enrichment_queue_serves_a_kind_or_the_name_scan() -> None:
@@ -47,7 +87,8 @@ def test_every_enrichment_queue_serves_a_kind_or_the_name_scan() -> None:
 def test_a_kind_with_a_name_only_has_no_route_queue_or_fields() -> None:
     for entry in ENTITY_KINDS:
         if not entry.has_details:
-            assert (entry.detail_group, entry.queue, dict(entry.detail_fields)) == (None, None, {})
+            assert (entry.detail_group, entry.queue) == (None, None)
+            assert dict(entry.detail_fields) == dict(entry.references) == {}
             with pytest.raises(ValueError, match="no detail route"):
                 entry.path(90)
 
@@ -84,7 +125,7 @@ def test_detail_batches_go_to_their_kinds_queue(
     monkeypatch.setattr(
         tasks.enrich_details,
         "apply_async",
-        lambda args, queue: sent.append((*args, queue)),
+        lambda args, kwargs, queue: sent.append((*args, queue)),
     )
 
     with django_capture_on_commit_callbacks(execute=True):

@@ -37,8 +37,17 @@ def zkillboard_client(limiter: Limiter) -> ZkillboardClient:
 
 def esi_client(limiter: Limiter) -> EsiClient:
     """The process's ESI client for settings.ESI_URL: one session, and the route groups'
-    buckets it learned, shared by killmail bodies and enrichment."""
-    return _esi(settings.ESI_URL, settings.EVE_CONTACT, limiter, _max_wait())
+    buckets it learned, shared by killmail bodies and enrichment. Announced buckets are
+    paced at settings.ESI_BUCKET_SHARE; other groups share settings.ESI_CONCURRENCY
+    requests in flight across the deployment."""
+    return _esi(
+        settings.ESI_URL,
+        settings.EVE_CONTACT,
+        limiter,
+        _max_wait(),
+        settings.ESI_BUCKET_SHARE,
+        settings.ESI_CONCURRENCY,
+    )
 
 
 def r2z2_client(limiter: Limiter) -> R2z2Client:
@@ -60,8 +69,12 @@ def _zkillboard(
 
 
 @functools.lru_cache(maxsize=4)
-def _esi(url: str, contact: str, limiter: Limiter, max_wait: float) -> EsiClient:
-    return EsiClient(url, contact, limiter, max_wait=max_wait)
+def _esi(
+    url: str, contact: str, limiter: Limiter, max_wait: float, share: float, concurrency: int
+) -> EsiClient:
+    return EsiClient(
+        url, contact, limiter, bucket_share=share, concurrency=concurrency, max_wait=max_wait
+    )
 
 
 @functools.lru_cache(maxsize=4)
