@@ -4,6 +4,8 @@ Starts the project's fake zKillboard, ESI and R2Z2 on loopback, then
 - backfills a character with a few thousand killmails through `manage.py backfill_character`
   (zKillboard at the real 1 request a second; half the bodies come from ESI, whose killmail
   bucket the fake scales up so the demo takes about a minute) and resolves every name;
+- enriches what those killmails reference (`manage.py enrich`): pilots' affiliations in bulk,
+  then the details of every kind in parallel, and prints the ESI calls by route group;
 - prints the plan of a corporation's backfill (`backfill corporation ID --estimate`), runs it;
 - prints the plan of a two-day `backfill_history`, runs it: one day's bodies from its raw
   dump, the other's (a day R2Z2 has no raw dump of) from ESI;
@@ -134,6 +136,8 @@ def main() -> None:
 
         ok = exported_as_served("character", ids, "--character", str(CHARACTER), zkb=True)
         print(f"Unresolvable on purpose: {', '.join(map(str, unresolvable))}.")
+        print("\nEnrichment: affiliations in bulk, then every kind's details in parallel.")
+        call_command("enrich")
 
         print(f"\nCorporation {CORPORATION}: two pilots, {len(corporation_ids)} killmails.")
         call_command("backfill", "corporation", str(CORPORATION), "--estimate")

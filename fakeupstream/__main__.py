@@ -4,7 +4,7 @@ Example::
 
     python -m fakeupstream --port 8765 --character 2117325769:3000 --item-shape mixed
 
-ESI announces a rate-limit bucket on the killmail (3600/15m) and char-affiliation (300/15m)
+ESI announces a rate-limit bucket on the killmail (3600/15m) and char-affiliation (1800/15m)
 route groups and none on the others; ``--esi-bucket GROUP=LIMIT/SECONDS`` (or ``GROUP=none``)
 changes one group, and ``--esi-latency 0.05`` delays every ESI answer by 50 ms. How a client
 used ESI (calls, breaches, concurrency, bucket charges) is at ``GET /_fake/esi``.

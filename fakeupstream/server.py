@@ -17,8 +17,9 @@ again within 6 seconds of a 404 is a violation). The feed grows on demand (``fee
 the world, so the day dumps list it once its day is past. ``GET /_fake/live`` reports it.
 
 ESI (under /esi/) announces a rate-limit bucket (``X-Ratelimit-*`` headers, tokens, 429)
-only on the route groups that have one (DEFAULT_ESI_BUCKETS: killmail and char-affiliation);
-the others are bound by the error limit alone, as on the real ESI today. ``esi_report``
+only on the route groups that have one (DEFAULT_ESI_BUCKETS: killmail, ESI's own 3600/15m, and
+char-affiliation, an example of a bulk route with one); the others are bound by the error limit
+alone, as most routes of the real ESI today. ``esi_report``
 (``GET /_fake/esi``) counts calls, breaches of both limits, calls during a 420, requests in
 flight at once and every bucket charge.
 
@@ -112,7 +113,7 @@ NO_GROUP = "none"  # the report's key for ESI paths outside every route group
 # yet, so no X-Ratelimit-* headers and only the error limit binds.
 DEFAULT_ESI_BUCKETS: dict[str, tuple[int, float] | None] = {
     "killmail": (3600, 900.0),
-    "char-affiliation": (300, 900.0),
+    "char-affiliation": (1800, 900.0),
     "names": None,
     "character": None,
     "corporation": None,

@@ -131,7 +131,7 @@ def test_only_killmail_and_affiliation_announce_a_bucket(
     ]
     assert killmail.headers["X-Ratelimit-Limit"] == "3600/15m"
     assert bulk.headers["X-Ratelimit-Group"] == "char-affiliation"
-    assert bulk.headers["X-Ratelimit-Limit"] == "300/15m"
+    assert bulk.headers["X-Ratelimit-Limit"] == "1800/15m"
     assert bulk.headers["X-Ratelimit-Used"] == "2"
     for answer in unbucketed:
         assert answer.status_code == 200, answer.url
@@ -462,7 +462,7 @@ def test_charges_record_each_bucket_spend_until_reset_stats(
     assert [tokens for _, tokens in charges["killmail"]["charges"]] == [2, 2, 2, 5]
     assert moments == sorted(moments)
     assert moments[0] >= 0
-    assert charges["char-affiliation"] == {"bucket": [300, 900.0], "charges": []}
+    assert charges["char-affiliation"] == {"bucket": [1800, 900.0], "charges": []}
     assert "character" not in charges
     assert after["charges"]["killmail"]["charges"] == []
     assert after["calls"]["total"] == 0
