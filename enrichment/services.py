@@ -48,7 +48,7 @@ logger = logging.getLogger(__name__)
 
 # A queued run older than this is taken as lost (a purged queue) and may be queued again.
 QUEUED_RUN_STALE_AFTER = timedelta(minutes=15)
-WRITE_BATCH = 500  # rows per UPDATE statement of bulk_update
+WRITE_BATCH = 500  # rows per statement of `_write`
 
 NAME_FIELDS = ["name", "name_retry_at"]
 DETAIL_STATE_FIELDS = (
@@ -233,7 +233,7 @@ def _save_names(
         for kind, ids in grouped.items():
             model = BY_KIND[kind].model
             rows = [model(id=entity_id, name=names[entity_id][:255]) for entity_id in ids]
-            model.objects.bulk_update(rows, NAME_FIELDS, batch_size=WRITE_BATCH)
+            _write(model, rows, NAME_FIELDS)
     for kind, ids in grouped.items():
         result.named.setdefault(kind, []).extend(ids)
     result.resolved += len(names)
@@ -341,7 +341,7 @@ def _save_affiliations(
             if values[name] is not None:
                 referenced.setdefault(kind, set()).add(values[name])
     with transaction.atomic():
-        Character.objects.bulk_update(characters, AFFILIATION_FIELDS, batch_size=WRITE_BATCH)
+        _write(Character, characters, AFFILIATION_FIELDS)
         if unanswered:
             Character.objects.filter(id__in=unanswered).update(affiliation_updated_at=now)
         for kind, kind_ids in referenced.items():
@@ -456,12 +456,24 @@ def _save_details(entry: EntityKind, changed: list[Entity]) -> dict[str, list[in
     created: dict[str, list[int]] = {}
     field_names = [*DETAIL_STATE_FIELDS, *entry.detail_fields]
     with transaction.atomic():
-        entry.model.objects.bulk_update(changed, field_names, batch_size=WRITE_BATCH)
+        _write(entry.model, changed, field_names)
         for kind, kind_ids in referenced.items():
             new = create_entities(kind, kind_ids)
             if new:
                 created[kind] = new
     return created
+
+
+def _write(model: type[Entity], rows: list[Entity], fields: Sequence[str]) -> None:
+    """Write `fields` of stored rows: one INSERT ... ON CONFLICT (id) DO UPDATE of those
+    fields per batch, far cheaper to build than bulk_update's CASE per field and row."""
+    model.objects.bulk_create(
+        rows,
+        batch_size=WRITE_BATCH,
+        update_conflicts=True,
+        unique_fields=["id"],
+        update_fields=list(fields),
+    )
 
 
 def _apply(entity: Entity, detail: Detail, entry: EntityKind, now: datetime) -> None:

@@ -133,6 +133,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="GROUP=LIMIT/SECONDS",
         help="a route group's bucket, or GROUP=none for none; repeatable",
     )
+    parser.add_argument(
+        "--characters", type=int, default=0, metavar="N", help="N more pilots (add_characters)"
+    )
+    parser.add_argument(
+        "--corporations",
+        type=int,
+        default=0,
+        metavar="N",
+        help="N more corporations (add_corporations)",
+    )
+    parser.add_argument(
+        "--types", type=int, default=0, metavar="N", help="N more item types (add_types)"
+    )
     parser.add_argument("--unresolvable", type=parse_ids, default=[], metavar="ID,ID")
     parser.add_argument(
         "--config", type=json.loads, default={}, help="JSON object of extra configure() keys"
@@ -169,6 +182,10 @@ def main(argv: list[str] | None = None) -> int:
         world.add_character(character_id, count)
     for character_ids, count in args.shared:
         world.add_shared(character_ids, count)
+    # In this order, so a World of the same seed built the same way elsewhere has the same ids.
+    world.add_characters(args.characters)
+    world.add_corporations(args.corporations)
+    world.add_types(args.types)
     world.add_unresolvable(args.unresolvable)
     upstream = FakeUpstream(
         world,

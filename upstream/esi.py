@@ -563,7 +563,11 @@ class EsiClient:
 class _DetailRun:
     """One `details()` run: the calls in flight, the next one to send, the first failure.
 
-    Runs on the calling thread; the client's pool only sends the requests.
+    Runs on the calling thread; the client's pool only sends the requests. The run keeps
+    the concurrency slots it leased for its next calls (for at most half a lease) instead of
+    giving each back and leasing it again, and a group without a bucket takes its row once:
+    its later calls only pass the error gate and are counted at the end. That leaves one
+    database read per request.
     """
 
     def __init__(self, client: EsiClient, calls: Iterable[DetailCall]) -> None:
@@ -571,7 +575,10 @@ class _DetailRun:
         self.pending = iter(calls)
         self.next_call: DetailCall | None = None  # taken from `pending`, not sent yet
         self.paced = False  # whether `next_call` holds its group's slot already
-        self.in_flight: dict[Future[requests.Response], tuple[DetailCall, str | None]] = {}
+        self.in_flight: dict[Future[requests.Response], tuple[DetailCall, _Lease | None]] = {}
+        self.spare: list[_Lease] = []  # leased slots no call holds right now
+        self.started: set[str] = set()  # groups without a bucket whose row this run took
+        self.uncounted: dict[str, int] = {}  # their calls since, counted at the end
         self.failure: Exception | None = None
 
     def fill(self) -> None:
@@ -590,24 +597,45 @@ class _DetailRun:
                     return
             except RateLimited as exc:
                 self.failure = exc
+        self._release_spare(keep=client._parallel() - len(self.in_flight))
 
     def _start(self, call: DetailCall) -> bool:
         """Take the call's slots and send it; False when no concurrency slot is free yet."""
         client = self.client
-        if self.paced:
+        unbucketed = client.bucket(call.group) is None
+        if self.paced or (unbucketed and call.group in self.started):
             client.limiter.wait_open(ERROR_GATE, client.max_wait)
         else:
             client._pace(call.group)
             self.paced = True
-        token = None
-        if client.bucket(call.group) is None:
-            token = client._lease(patient=not self.in_flight)
-            if token is None:
+        lease = None
+        if unbucketed:
+            lease = self._lease()
+            if lease is None:
                 return False
         future = client._executor().submit(client._send, "GET", call.path, headers=_etag(call.etag))
-        self.in_flight[future] = (call, token)
+        self.in_flight[future] = (call, lease)
+        if unbucketed and call.group in self.started and not self.paced:
+            self.uncounted[call.group] = self.uncounted.get(call.group, 0) + 1
+        elif unbucketed:
+            self.started.add(call.group)
         self.next_call, self.paced = None, False
         return True
+
+    def _lease(self) -> _Lease | None:
+        """A concurrency slot: a spare one still young enough, or a new lease."""
+        while self.spare:
+            lease = self.spare.pop()
+            if time.monotonic() - lease.since < LEASE_SECONDS / 2:
+                return lease
+            self.client.limiter.release(lease.token)
+        token = self.client._lease(patient=not self.in_flight)
+        return _Lease(token, time.monotonic()) if token is not None else None
+
+    def _release_spare(self, keep: int) -> None:
+        """Give back the spare slots beyond `keep` (fewer calls may be in flight now)."""
+        while len(self.spare) > max(keep, 0):
+            self.client.limiter.release(self.spare.pop().token)
 
     def collect(self) -> Iterator[tuple[DetailCall, Detail | EsiNotFound]]:
         """Wait for at least one answer (or a moment, when a call waits for a slot); yield
@@ -616,9 +644,9 @@ class _DetailRun:
         timeout = LEASE_POLL if self.paced else None
         done, _ = wait(self.in_flight, timeout=timeout, return_when=FIRST_COMPLETED)
         for future in done:
-            call, token = self.in_flight.pop(future)
-            if token is not None:
-                client.limiter.release(token)
+            call, lease = self.in_flight.pop(future)
+            if lease is not None:
+                self.spare.append(lease)
             result: Detail | EsiNotFound
             try:
                 response = client._handle(future.result(), "GET", call.path, call.group)
@@ -631,13 +659,25 @@ class _DetailRun:
             yield call, result
 
     def abandon(self) -> None:
-        """Let what is still in flight end and give its concurrency slots back (the caller
-        stopped early, or something unexpected was raised)."""
-        for future, (_, token) in self.in_flight.items():
+        """Let what is still in flight end, give every concurrency slot back and count the
+        calls not counted yet (the run ended, or the caller stopped early)."""
+        for future, (_, lease) in self.in_flight.items():
             future.exception()
-            if token is not None:
-                self.client.limiter.release(token)
+            if lease is not None:
+                self.spare.append(lease)
         self.in_flight.clear()
+        self._release_spare(keep=0)
+        for group, count in self.uncounted.items():
+            self.client.limiter.count_calls(f"esi:{group}", count)
+        self.uncounted.clear()
+
+
+@dataclass(frozen=True)
+class _Lease:
+    """A concurrency slot a `details()` run holds: its token, leased at `since` (monotonic)."""
+
+    token: str
+    since: float
 
 
 def _etag(etag: str | None) -> dict[str, str] | None:

@@ -48,6 +48,9 @@ class Limiter(Protocol):
     def release(self, token: str) -> None:
         """Give back a concurrency slot taken with `lease`."""
 
+    def count_calls(self, name: str, count: int) -> None:
+        """Count `count` requests of `name` that took no slot of it one by one."""
+
     def observe(self, name: str, remaining: int, limit: int | None) -> None:
         """Note what the upstream said is left of `name`'s budget (for the metrics)."""
 
