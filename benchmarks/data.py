@@ -61,6 +61,27 @@ def big_file(size_bytes: int, source: Path) -> Path:
     return path
 
 
+def repeated_file(count: int, source: Path) -> Path:
+    """A JSON Lines file of `count` killmails: `source`'s lines again and again with fresh
+    killmail ids (1, 2, ...), so the size mix is the source's; written as it is read."""
+    path = VAR / f"killmails-{count}-repeated-seed{SEED}.jsonl"
+    if path.exists():
+        return path
+    partial = path.with_suffix(".tmp")
+    written = 0
+    with partial.open("w") as out:
+        while written < count:
+            with source.open() as lines:
+                for line in lines:
+                    written += 1
+                    # The body's own killmail_id is its only one (sorted keys, none in zkb).
+                    out.write(_ID_PATTERN.sub(f'"killmail_id":{written}', line, count=1))
+                    if written >= count:
+                        break
+    partial.rename(path)
+    return path
+
+
 def line_count(path: Path) -> int:
     """Lines (killmails) of a JSON Lines file."""
     with path.open("rb") as handle:

@@ -28,12 +28,15 @@ VAR = ROOT / "var" / "bench"
 PYTHON = str(ROOT / ".venv" / "bin" / "python")
 CELERY = str(ROOT / ".venv" / "bin" / "celery")
 
-BENCH_DATABASE = "killboard_bench"
+# The database the benchmarks create and drop; BENCH_DATABASE names another, so that two runs
+# on one machine do not drop each other's.
+BENCH_DATABASE = os.environ.get("BENCH_DATABASE", "killboard_bench")
 ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 DATABASE_URL = f"postgres://postgres@127.0.0.1:5432/{BENCH_DATABASE}"
-# A virtual host of its own, so that other workers on this machine (tests, a demo) neither take
-# the benchmark's tasks nor lose theirs to its purges; "/" when it cannot be created.
-BROKER_VHOST = "killboard_bench"
+# A virtual host of its own (named like the database), so that other workers on this machine
+# (tests, a demo, another run) neither take the benchmark's tasks nor lose theirs to its
+# purges; "/" when it cannot be created.
+BROKER_VHOST = BENCH_DATABASE
 BROKER_URL = f"amqp://guest:guest@127.0.0.1:5672/{BROKER_VHOST}"
 SHARED_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672//"
 WORKER_CONCURRENCY = 4
@@ -44,14 +47,20 @@ STOP_TIMEOUT = 30.0
 
 @dataclass
 class Row:
-    """One line of the result table: a figure next to its target."""
+    """One line of the result table: a figure, its anchor from the same run, and the target.
+
+    With an anchor (a limit this machine showed in this run, or a rule's own rate), `ratio`
+    is figure / anchor and `target` the ratio to reach (">= 0.8"). Without one, the target
+    is absolute and `ratio` is figure / target, oriented so that >= 1 meets it.
+    """
 
     name: str
     figure: str
     target: str
-    ratio: float | None  # figure / target, oriented so that >= 1 meets the target
+    ratio: float | None
     ok: bool
     note: str = ""
+    anchor: str = "-"
 
 
 def _own_vhost() -> bool:
@@ -211,6 +220,10 @@ class FakeProcess:
     def stats(self) -> dict[str, Any]:
         """Request counts, statuses and violations since the last reset."""
         return self._control("GET", "stats")
+
+    def esi_report(self) -> dict[str, Any]:
+        """How ESI was used: calls by group, breaches, requests in flight, bucket charges."""
+        return self._control("GET", "esi")
 
     def live(self) -> dict[str, Any]:
         """The live feed's report: packages appended, their upload times, fetches."""

@@ -84,17 +84,19 @@ def run() -> list[Row]:
         ),
         Row(
             "live: killmails stored / fed at 10 killmails/s",
-            f"{stored} of {fed}",
-            "all (keeps up)",
+            f"{stored} stored",
+            "1 (keeps up)",
             stored / fed if fed else None,
             stored == fed > 0,
             f"killmails uploaded from {WARMUP} s into the run to {LAG_TARGET:.0f} s before its end",
+            f"{fed} fed",
         ),
         Row(
             "live: R2Z2 requests a second",
             f"{rate:.2f}/s ({requests} requests, {violations} violations)",
-            f"<= {R2Z2_LIMIT:.0f}/s, 0 violations",
-            R2Z2_LIMIT / rate if rate else None,
+            "<= 1, 0 violations",
+            rate / R2Z2_LIMIT,
             rate <= R2Z2_LIMIT and violations == 0,
+            anchor=f"{R2Z2_LIMIT:.0f}/s (the rule)",
         ),
     ]

@@ -35,7 +35,9 @@ from killboard.rows import (
     PARTICIPANT_COLUMNS,
     PARTICIPANT_TYPES,
     ZKB_COLUMNS,
+    Fitted,
     entity_ids,
+    fit,
     item_rows,
     killmail_row,
     participant_rows,
@@ -50,6 +52,12 @@ from killboard.shapes import (
 from killboard.signals import killmails_stored
 
 logger = logging.getLogger(__name__)
+
+# Killmails per transaction of `ingest_stream`. Larger batches cost the server less (each
+# entity registered once a batch, fewer statements and commits; 1,000 -> 2,000 took a fifth
+# off a 20,000-killmail import), and hold more memory: about 45 MB a batch of the benchmark's
+# mix, with one batch written while the next is prepared.
+STREAM_BATCH = 2000
 
 
 @dataclass(frozen=True)
@@ -145,7 +153,7 @@ def validate_record(record: Any) -> tuple[Mapping[str, Any], Mapping[str, Any] |
 
 
 @dataclass
-class _Batch:
+class PreparedBatch:
     """A batch validated, rid of in-batch duplicates and turned into rows: what `_store` writes.
 
     Building the rows is Python work with no database in it, so `ingest_stream` does it in
@@ -163,14 +171,18 @@ class _Batch:
     records: dict[int, Any] = field(default_factory=dict)
 
 
-def _prepare(records: Iterable[Any]) -> _Batch:
-    """Validate a batch and build its rows (no database work)."""
+def prepare_batch(records: Iterable[Any]) -> PreparedBatch:
+    """Validate a batch and build the rows `_store` writes for it (no database work)."""
     result = IngestResult()
-    valid: dict[int, tuple[Mapping[str, Any], Mapping[str, Any] | None, bool]] = {}
+    valid: dict[int, tuple[Mapping[str, Any], Mapping[str, Any] | None, Fitted | None]] = {}
+    plain: dict[int, bool] = {}
     raw: dict[int, Any] = {}
     for record in records:
         try:
-            body, zkb, plain = validate_record(record)
+            body, zkb = split_record(record)
+            # Almost every body is plain: checked, and its rows' values taken, in one pass.
+            fitted = fit(body)
+            is_plain = fitted is not None or validate_body(body)
         except InvalidKillmail as exc:
             result.rejected.append(Rejection(exc.killmail_id, str(exc), record))
             continue
@@ -178,17 +190,18 @@ def _prepare(records: Iterable[Any]) -> _Batch:
         if killmail_id in valid:
             result.existing_ids.append(killmail_id)
         else:
-            valid[killmail_id] = (body, zkb, plain)
+            valid[killmail_id] = (body, zkb, fitted)
+            plain[killmail_id] = is_plain
             raw[killmail_id] = record
-    batch = _Batch(result)
-    bodies = []
+    batch = PreparedBatch(result)
     for killmail_id in sorted(valid):
-        body, zkb, plain = valid[killmail_id]
+        body, zkb, fitted = valid[killmail_id]
+        is_plain = plain[killmail_id]
         try:
             time = connection.ops.adapt_datetimefield_value(parse_time(body["killmail_time"]))
-            killmail = killmail_row(body, zkb, time, plain)
-            participants = participant_rows(body, time, plain)
-            items = item_rows(body, plain)
+            killmail = killmail_row(body, zkb, time, is_plain)
+            participants = participant_rows(body, time, is_plain, fitted)
+            items = item_rows(body, is_plain, fitted)
         except InvalidKillmail as exc:
             result.rejected.append(Rejection(killmail_id, str(exc), raw[killmail_id]))
             continue
@@ -196,13 +209,12 @@ def _prepare(records: Iterable[Any]) -> _Batch:
         batch.participants.extend(participants)
         batch.items.extend(items)
         batch.records[killmail_id] = raw[killmail_id]
-        bodies.append(body)
-    batch.entities = entity_ids(bodies)
+    batch.entities = entity_ids(batch.killmails, batch.participants, batch.items)
     return batch
 
 
 def _store(
-    batch: _Batch, *, source: str = "", job_id: int | None = None, durable: bool = True
+    batch: PreparedBatch, *, source: str = "", job_id: int | None = None, durable: bool = True
 ) -> IngestResult:
     """Write a prepared batch and its rejections in one transaction; report what happened."""
     result = batch.result
@@ -231,7 +243,7 @@ def _store(
     return result
 
 
-def _write_refusing_one_by_one(batch: _Batch, result: IngestResult) -> set[int]:
+def _write_refusing_one_by_one(batch: PreparedBatch, result: IngestResult) -> set[int]:
     """Write the batch; if the database refuses a value, write its killmails one by one.
 
     Values are checked against their columns before, so this is the last line: a killmail
@@ -264,7 +276,7 @@ def _write_refusing_one_by_one(batch: _Batch, result: IngestResult) -> set[int]:
     return inserted
 
 
-def _write(batch: _Batch) -> set[int]:
+def _write(batch: PreparedBatch) -> set[int]:
     """Write the batch's entities, killmails and, for those inserted now, their rows."""
     register_entities(batch.entities)
     inserted = insert_killmails(batch.killmails)
@@ -323,11 +335,11 @@ def ingest_killmails(
     A rejected killmail is quarantined with its record, `source` and `job_id`; the rest of
     its batch is stored.
     """
-    return _store(_prepare(records), source=source, job_id=job_id)
+    return _store(prepare_batch(records), source=source, job_id=job_id)
 
 
 def ingest_stream(
-    records: Iterable[Any], batch_size: int = INSERT_CHUNK, *, source: str = ""
+    records: Iterable[Any], batch_size: int = STREAM_BATCH, *, source: str = ""
 ) -> IngestResult:
     """Ingest an iterable of any length in batches of `batch_size`, one transaction each.
 
@@ -335,7 +347,7 @@ def ingest_stream(
     current batch (mostly waiting for the server). When reading fails half-way (a broken
     file), the whole records read before the failure are stored, then the error goes on.
     """
-    prepared: queue.Queue[_Batch | BaseException | None] = queue.Queue(maxsize=2)
+    prepared: queue.Queue[PreparedBatch | BaseException | None] = queue.Queue(maxsize=1)
 
     def read() -> None:
         batch: list[Any] = []
@@ -343,13 +355,13 @@ def ingest_stream(
             for record in records:
                 batch.append(record)
                 if len(batch) >= batch_size:
-                    prepared.put(_prepare(batch))
+                    prepared.put(prepare_batch(batch))
                     batch = []
         except BaseException as exc:
-            prepared.put(_prepare(batch))
+            prepared.put(prepare_batch(batch))
             prepared.put(exc)
             return
-        prepared.put(_prepare(batch))
+        prepared.put(prepare_batch(batch))
         prepared.put(None)
 
     # A daemon: should writing fail, the reader left blocked on a full queue must not keep

@@ -4,6 +4,10 @@ Column lists and their PostgreSQL types are read from the models; which JSON key
 column is read from the shapes, so a new typed field is the model, its migration and one line
 in its shape. Building rows is Python work with no database in it: `killboard.ingest` does it
 in its reader thread while the server writes the batch before.
+
+A plain body's attackers and items (almost every killmail's, and most of its rows) are
+checked and turned into column values in one pass by msgspec when it is installed (`fit`),
+with Structs derived from the same shapes; the rows are the same either way.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 from django.db import connection
@@ -28,6 +34,9 @@ from killboard.shapes import (
     ZKB,
     InvalidKillmail,
     Shape,
+    head_fits,
+    msgspec,
+    nonempty_list,
 )
 
 # PostgreSQL types of the columns written in binary (COPY, unnest arrays), by field type.
@@ -121,24 +130,52 @@ _ATTACKER_ROW = _Layout(ATTACKER, PARTICIPANT_COLUMNS[4:-1])
 _ITEM_ROW = _Layout(ITEM, ITEM_COLUMNS[3:-1])
 
 
-def _entity_keys(*shapes: Shape) -> dict[type[Model], tuple[str, ...]]:
-    """The JSON keys that reference each entity model, from the shapes' foreign keys."""
-    keys: dict[type[Model], list[str]] = defaultdict(list)
-    for shape in shapes:
-        for name, key in shape.keys.items():
-            model_field = shape.model._meta.get_field(key.column)
-            if model_field.is_relation and name not in keys[model_field.related_model]:
-                keys[model_field.related_model].append(name)
-    return {model: tuple(names) for model, names in keys.items()}
+# Structs of the attackers and items that fit their shapes, fields in their rows' order.
+_ATTACKER_FIT = ATTACKER.struct(PARTICIPANT_COLUMNS[4:-1])
+_ITEM_FIT = ITEM.struct(ITEM_COLUMNS[3:-1], contents=CONTENT.struct(ITEM_COLUMNS[3:-1]))
+_ATTACKERS_FIT = None if msgspec is None else nonempty_list(_ATTACKER_FIT)
+_ITEMS_FIT = None if msgspec is None else nonempty_list(_ITEM_FIT)
 
 
-PARTICIPANT_ENTITIES = _entity_keys(VICTIM, ATTACKER)
+@dataclass(frozen=True)
+class Fitted:
+    """A plain body's attackers and items as msgspec checked them: Structs of column values."""
+
+    attackers: list[Any]
+    items: list[Any]
 
 
-ITEM_ENTITIES = _entity_keys(ITEM)
+def fit(body: Any) -> Fitted | None:
+    """A plain body's attackers and items, checked in one pass; None when the body is not
+    plain, or msgspec is not installed: then `killboard.shapes.validate_body` decides."""
+    if _ATTACKERS_FIT is None or not head_fits(body):
+        return None
+    victim = body["victim"]
+    try:
+        attackers = msgspec.convert(body["attackers"], _ATTACKERS_FIT)
+        items = msgspec.convert(victim["items"], _ITEMS_FIT) if "items" in victim else []
+    except msgspec.ValidationError:
+        return None
+    return Fitted(attackers, items)
 
 
-KILLMAIL_ENTITIES = _entity_keys(KILLMAIL)
+def _entity_columns(model: type[Model], columns: tuple[str, ...]) -> list[tuple[int, Any]]:
+    """(index in a row, entity model) of each of a table's columns that names an entity."""
+    fields = {f.column: f for f in model._meta.concrete_fields}
+    return [
+        (index, fields[column].related_model)
+        for index, column in enumerate(columns)
+        if fields[column].is_relation and fields[column].related_model is not Killmail
+    ]
+
+
+_KILLMAIL_ENTITIES = _entity_columns(Killmail, KILLMAIL_COLUMNS)
+
+
+_PARTICIPANT_ENTITIES = _entity_columns(Participant, PARTICIPANT_COLUMNS)
+
+
+_ITEM_ENTITIES = _entity_columns(Item, ITEM_COLUMNS)
 
 
 def walk_items(items: Iterable[Mapping[str, Any]]) -> Iterator[tuple[Mapping[str, Any], bool]]:
@@ -149,17 +186,20 @@ def walk_items(items: Iterable[Mapping[str, Any]]) -> Iterator[tuple[Mapping[str
             yield content, True
 
 
-def entity_ids(bodies: list[Mapping[str, Any]]) -> dict[type[Model], list[int]]:
-    """The sorted ids of every entity the bodies reference, by model."""
+def entity_ids(
+    killmails: list[list[Any]], participants: list[tuple], items: list[tuple]
+) -> dict[type[Model], list[int]]:
+    """The sorted ids of every entity the rows reference, by model."""
     ids: dict[type[Model], set[int]] = defaultdict(set)
-    participants = [p for body in bodies for p in (body["victim"], *body["attackers"])]
-    for model, keys in PARTICIPANT_ENTITIES.items():
-        ids[model].update(p[key] for p in participants for key in keys if key in p)
-    for model, keys in KILLMAIL_ENTITIES.items():
-        ids[model].update(body[key] for body in bodies for key in keys if key in body)
-    items = [item for body in bodies for item, _ in walk_items(body["victim"].get("items", ()))]
-    for model, keys in ITEM_ENTITIES.items():
-        ids[model].update(item[key] for item in items for key in keys if key in item)
+    for rows, references in (
+        (killmails, _KILLMAIL_ENTITIES),
+        (participants, _PARTICIPANT_ENTITIES),
+        (items, _ITEM_ENTITIES),
+    ):
+        for index, model in references:
+            ids[model].update(map(itemgetter(index), rows))  # a loop in C
+    for model_ids in ids.values():
+        model_ids.discard(None)  # type: ignore[arg-type]
     return {model: sorted(model_ids) for model, model_ids in ids.items() if model_ids}
 
 
@@ -218,22 +258,37 @@ def killmail_row(
 _LABELS = Killmail._meta.get_field("labels")
 
 
-def participant_rows(body: Mapping[str, Any], time: Any, plain: bool) -> list[tuple]:
+def participant_rows(
+    body: Mapping[str, Any], time: Any, plain: bool, fitted: Fitted | None = None
+) -> list[tuple]:
     """PARTICIPANT_COLUMNS for the victim and each attacker of one killmail."""
     killmail_id = body["killmail_id"]
     victim = body["victim"]
     extra = None if plain else _extra_text(VICTIM, victim, "victim")
     rows = [(killmail_id, time, True, 0, *_VICTIM_ROW.values(victim), extra)]
+    if fitted is not None:
+        astuple = msgspec.structs.astuple
+        for ordinal, attacker in enumerate(fitted.attackers):
+            rows.append((killmail_id, time, False, ordinal, *astuple(attacker), None))
+        return rows
     for ordinal, attacker in enumerate(body["attackers"]):
         extra = None if plain else _extra_text(ATTACKER, attacker, f"attackers[{ordinal}]")
         rows.append((killmail_id, time, False, ordinal, *_ATTACKER_ROW.values(attacker), extra))
     return rows
 
 
-def item_rows(body: Mapping[str, Any], plain: bool) -> list[tuple]:
+def item_rows(body: Mapping[str, Any], plain: bool, fitted: Fitted | None = None) -> list[tuple]:
     """ITEM_COLUMNS for each item of one killmail, container contents after their container."""
     killmail_id = body["killmail_id"]
-    rows = []
+    rows: list[tuple] = []
+    if fitted is not None:
+        astuple = msgspec.structs.astuple
+        for item in fitted.items:
+            container = len(rows)
+            rows.append((killmail_id, container, None, *astuple(item)[:-1], None))
+            for content in item.items or ():
+                rows.append((killmail_id, len(rows), container, *astuple(content), None))
+        return rows
     container = None
     for ordinal, (item, is_content) in enumerate(walk_items(body["victim"].get("items", ()))):
         if not is_content:

@@ -13,6 +13,11 @@ written another way) stay verbatim in the extras of their row, which export lays
 the columns. zkb is zKillboard's metadata and never costs a body: a value out of shape there
 goes to the extras too.
 
+With msgspec installed, each shape of a list's elements (attackers, items) also derives a
+msgspec Struct that accepts exactly what `Shape.fits` accepts (never more), so that ingest
+checks a plain killmail's lists and takes their column values in one pass in C; without it,
+or for anything the Struct refuses, the checks here decide.
+
 Why one long module: every shape and the checks they derive, read as one description.
 """
 
@@ -22,7 +27,12 @@ import math
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
+
+try:
+    import msgspec
+except ImportError:  # `Shape.fits` checks plain bodies alone
+    msgspec = None  # type: ignore[assignment]
 
 from django.db.backends.base.operations import BaseDatabaseOperations
 from django.db.models import Model
@@ -38,6 +48,10 @@ TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 CANONICAL_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
 # Any RFC 3339 time: kept in the column as a moment, and verbatim in the extras.
 RFC3339_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
+
+# A float column's values taken as exact by a Struct: an integer beyond it may not survive a
+# float, so the Struct refuses it (and the larger floats, which the checks here then accept).
+STRUCT_FLOAT_BOUND = float(FLOAT_EXACT - 1)
 
 # The kinds of value a key holds, as checked and converted.
 ID, INTEGER, FLOAT, BOOLEAN, TIME, HASH, LABELS = (
@@ -221,6 +235,35 @@ class Shape:
                 return False
         return self.required <= value.keys()
 
+    def struct(self, columns: tuple[str, ...], contents: Any = None) -> Any:
+        """A msgspec Struct for the objects that fit this shape, its fields in `columns` order.
+
+        Every column must be one of this shape's keys, of a kind a Struct checks exactly
+        (ids, integers, floats, booleans). `contents`: the Struct of a nested `items` list,
+        its last field. None without msgspec.
+        """
+        if msgspec is None:
+            return None
+        by_column = {key.column: key for key in self.keys.values()}
+        fields: list[tuple[str, Any] | tuple[str, Any, Any]] = []
+        for column in columns:
+            key = by_column[column]
+            if key.kind is ID or key.kind is INTEGER:
+                kind: Any = Annotated[int, msgspec.Meta(ge=key.low, le=key.high)]
+            elif key.kind is FLOAT:
+                bound = STRUCT_FLOAT_BOUND
+                kind = Annotated[float, msgspec.Meta(ge=-bound, le=bound)]
+            elif key.kind is BOOLEAN:
+                kind = bool
+            else:
+                raise TypeError(f"{column}: a Struct does not check {key.kind} values")
+            # An absent key is None; a null is refused, as `fits` refuses it.
+            fields.append((key.name, kind) if key.required else (key.name, kind, None))
+        if contents is not None:
+            fields.append(("items", nonempty_list(contents), None))
+        name = f"{self.model.__name__}{len(fields)}Fit"
+        return msgspec.defstruct(name, fields, forbid_unknown_fields=True, kw_only=True)
+
     def check(self, value: Any, path: str) -> None:
         """Raise `ValueError` naming the field when `value` breaks meaning; extras are fine."""
         if not isinstance(value, dict):
@@ -358,6 +401,11 @@ ZKB = shape(
 )
 
 
+def nonempty_list(struct: Any) -> Any:
+    """The msgspec type of a non-empty list of `struct` (an empty list is not plain)."""
+    return Annotated[list[struct], msgspec.Meta(min_length=1)]
+
+
 def _items_fit(items: Any, item_shape: Shape) -> bool:
     if type(items) is not list or not items:
         return False
@@ -369,15 +417,21 @@ def _items_fit(items: Any, item_shape: Shape) -> bool:
     return True
 
 
-def _body_fits(body: Any) -> bool:
-    """Whether the body is plain: only known keys, exact values, no empty list."""
+def head_fits(body: Any) -> bool:
+    """Whether the body's own keys, its victim's and the victim's position are plain."""
     if not KILLMAIL.fits(body):
         return False
-    victim, attackers = body["victim"], body["attackers"]
+    victim = body["victim"]
     if not VICTIM.fits(victim):
         return False
-    if "position" in victim and not POSITION.fits(victim["position"]):
+    return "position" not in victim or POSITION.fits(victim["position"])
+
+
+def _body_fits(body: Any) -> bool:
+    """Whether the body is plain: only known keys, exact values, no empty list."""
+    if not head_fits(body):
         return False
+    victim, attackers = body["victim"], body["attackers"]
     if "items" in victim and not _items_fit(victim["items"], ITEM):
         return False
     if type(attackers) is not list or not attackers:
