@@ -2,15 +2,17 @@
 
 The fake upstream answers with realistic latency (zKillboard 300 ms, ESI 100 ms) and enforces
 the rules: 1 request a second to zKillboard, and an ESI killmail bucket scaled down so that
-the ESI-bound run lasts about a minute. The Procfile's layout does the judged runs: a backfill
-worker and an enrichment worker (`-c 4` each). One worker for every queue runs them again for
-information: there, enrichment detail tasks share the pool with the page chain. Queues are
-purged between runs.
+the ESI-bound run of 3,000 bodies lasts about two minutes. The Procfile's layout does the
+judged runs: a backfill worker and an enrichment worker (`-c 4` each). One worker for every
+queue runs them again for information: there, enrichment detail tasks share the pool with the
+page chain. Queues are purged between runs.
 
 - zKillboard-bound: pages that carry bodies; pages per second against the 1/s allowed.
-- ESI-bound: pages without bodies; bodies per second against the bucket's nominal rate
-  (limit / 2 tokens a body / window). The client paces itself at ESI_BUCKET_SHARE (80%) of the
-  bucket by design (upstream/esi.py), so that is its ceiling.
+- ESI-bound: pages without bodies, 3,000 bodies from ESI; bodies per second against the
+  configured share of the bucket (ESI_BUCKET_SHARE of limit / 2 tokens a body / window), the
+  client's ceiling by design (upstream/esi.py); and the tokens the fake charged in every
+  sliding window of the bucket's length: never above the share, but for the one burst the
+  client may take at the start (half the headroom the share leaves).
 - Rerun: the ESI-bound job again with skip-existing: no ESI call, only its pages' time.
 """
 
@@ -21,6 +23,8 @@ import traceback
 from contextlib import ExitStack
 from typing import Any
 
+from django.conf import settings
+
 from benchmarks.environment import (
     VAR,
     FakeProcess,
@@ -30,16 +34,18 @@ from benchmarks.environment import (
     reset_data,
 )
 from config.queues import BACKFILL_QUEUES, ENRICHMENT_QUEUES, QUEUES
-from upstream.esi import DEFAULT_BUCKET_SHARE
 
 ZKB_LATENCY = 0.3  # seconds
 ESI_LATENCY = 0.1  # seconds
 ZKB_RATE = 1.0  # requests per second, the real rule
 PAGE_SIZE = 200
 BODY_CHARACTER, BODY_KILLMAILS = 2117325769, 59 * PAGE_SIZE + 100  # 60 pages
-ESI_CHARACTER, ESI_KILLMAILS = 2118000001, 4 * PAGE_SIZE + 100  # 5 pages
-# ESI's killmail bucket is 3600 tokens / 900 s (2 bodies/s); scaled to 15 bodies/s here.
-ESI_BUCKET = (1800, 60.0)
+ESI_CHARACTER, ESI_KILLMAILS = 2118000001, 14 * PAGE_SIZE + 200  # 15 pages, 3,000 bodies
+# ESI's killmail bucket is 3600 tokens / 900 s (2 bodies/s); its window scaled to 60 s here
+# (30 bodies/s nominal, 24/s at the default share).
+ESI_BUCKET = (3600, 60.0)
+SLACK_TOKENS = 2  # one request a window may straddle its edge
+NO_RAW_DUMPS = "9999-12-31"  # R2Z2_RAW_SINCE past every killmail
 TARGET_SHARE = 0.9
 JOB_TIMEOUT = 600.0  # seconds
 
@@ -48,6 +54,23 @@ def nominal_bodies_per_second() -> float:
     """What the bucket allows: a 2xx costs 2 tokens."""
     limit, window = ESI_BUCKET
     return limit / 2 / window
+
+
+def window_tokens(charges: list[list[float]], window: float) -> tuple[int, int]:
+    """The most tokens charged in any sliding window of `window` seconds, and the most in
+    one that starts a whole window after the first charge (past the one allowed burst)."""
+    most = later = 0
+    end = 0
+    total = 0
+    for start, (moment, _) in enumerate(charges):
+        while end < len(charges) and charges[end][0] < moment + window:
+            total += charges[end][1]
+            end += 1
+        most = max(most, total)
+        if moment >= charges[0][0] + window:
+            later = max(later, total)
+        total -= charges[start][1]
+    return int(most), int(later)
 
 
 def run_job(character_id: int, fake: FakeProcess | None = None) -> tuple[Any, list[tuple]]:
@@ -86,7 +109,11 @@ LAYOUTS = {
 
 
 def _workers(stack: ExitStack, fake: FakeProcess, name: str, layout: tuple) -> None:
-    env = {"ZKILLBOARD_REQUESTS_PER_SECOND": str(ZKB_RATE)}
+    env = {
+        "ZKILLBOARD_REQUESTS_PER_SECOND": str(ZKB_RATE),
+        # No day dumps: the ESI-bound run measures ESI, however dense its months.
+        "R2Z2_RAW_SINCE": NO_RAW_DUMPS,
+    }
     for index, queues in enumerate(layout):
         stack.enter_context(Worker(fake, VAR / f"worker-{name}-{index}.log", queues, **env))
 
@@ -126,25 +153,34 @@ def _scenario(fake: FakeProcess, label: str, layout: tuple, judged: bool) -> lis
         _workers(stack, fake, f"esi-bound{len(layout)}", layout)
         job, samples = run_job(ESI_CHARACTER, fake)
         stats = fake.stats()
+        charges = fake.esi_report()["charges"]["killmail"]["charges"]
         esi_calls = stats["esi_killmails"]
         rate = _steady_rate(samples) if esi_calls else 0.0
-        nominal = nominal_bodies_per_second()
+        limit, window = ESI_BUCKET
+        share = settings.ESI_BUCKET_SHARE
+        paced = nominal_bodies_per_second() * share
+        most, later = window_tokens(charges, window)
+        allowed = share * limit + SLACK_TOKENS
+        burst = (1 - share) / 2 * limit
+        within = later <= allowed and most <= allowed + burst
         violations = stats["violation_count"]
         ok = job.status == "succeeded" and job.bodies_from_esi == ESI_KILLMAILS
+        ratio = rate / paced
         rows.append(
             Row(
                 f"backfill, pages without bodies (ESI-bound){label}",
-                f"{rate:.2f} bodies/s = {rate / nominal:.0%} of nominal, "
-                f"{rate / (nominal * DEFAULT_BUCKET_SHARE):.0%} of the client's pacing; "
+                f"{rate:.2f} bodies/s; tokens a window {later} (first {most}); "
                 f"{violations} violations",
-                f">= {TARGET_SHARE:g}, 0 violations" if judged else "-",
-                rate / nominal,
-                not judged or (ok and rate >= TARGET_SHARE * nominal and violations == 0),
-                f"bucket {ESI_BUCKET[0]} tokens/{ESI_BUCKET[1]:g}s = {nominal:g} bodies/s "
-                f"nominal; the client paces at {DEFAULT_BUCKET_SHARE:.0%} of it by design, its "
-                f"ceiling. {job.bodies_from_esi} bodies from ESI, job {job.status} in "
-                f"{job.duration.total_seconds():.1f}s",
-                f"{nominal:g} bodies/s (the bucket's share)",
+                f">= {TARGET_SHARE:g}; tokens <= {allowed:.0f} (first <= {allowed + burst:.0f})"
+                if judged
+                else "-",
+                ratio,
+                not judged or (ok and ratio >= TARGET_SHARE and within and violations == 0),
+                f"bucket {limit} tokens/{window:g}s, paced at ESI_BUCKET_SHARE {share:g}; "
+                f"{job.bodies_from_esi} bodies from ESI, job {job.status} in "
+                f"{job.duration.total_seconds():.1f}s; the most tokens in any {window:g}s "
+                f"window {most}, in one starting after the first window {later}",
+                f"{paced:g} bodies/s (the bucket's share)",
             )
         )
 

@@ -248,7 +248,10 @@ class Worker:
         # Node names must differ between workers on one broker (their control queues do).
         self.name = f"{log.stem}@%h"
         self.env = subprocess_env(
-            ZKILLBOARD_API_URL=fake.urls["zkb_url"], ESI_URL=fake.urls["esi_url"], **env
+            ZKILLBOARD_API_URL=fake.urls["zkb_url"],
+            ESI_URL=fake.urls["esi_url"],
+            R2Z2_URL=fake.urls["r2z2_url"],
+            **env,
         )
         self.log = log
         self.queues = queues
