@@ -88,7 +88,9 @@ def test_admin_backfills_a_character_and_shows_it_succeeded(
     from selenium.webdriver.support.wait import WebDriverWait
 
     world.add_character(CHARACTER, 60)
-    Character.objects.create(id=CHARACTER, name="Browser Pilot")
+    # The name ESI gives: the backfill fetches its target's details (birthday) first.
+    name = world.name(CHARACTER)
+    Character.objects.create(id=CHARACTER, name=name)
     log_in(browser, live_server, django_user_model)
     browser.get(f"{live_server.url}/admin/killboard/character/")
     browser.find_element(
@@ -98,7 +100,7 @@ def test_admin_backfills_a_character_and_shows_it_succeeded(
     browser.find_element(By.CSS_SELECTOR, "button[name=index]").click()
 
     form = browser.find_element(By.ID, "backfill-character-form")
-    assert "Browser Pilot" in browser.page_source
+    assert name in browser.page_source
     form.find_element(By.NAME, "max_pages").send_keys("4")
     form.find_element(By.NAME, "limit").clear()
     form.find_element(By.NAME, "limit").send_keys("10")
@@ -121,7 +123,7 @@ def test_admin_backfills_a_character_and_shows_it_succeeded(
     browser.save_screenshot(str(SCREENSHOT))
     assert row is not None
     assert "Succeeded" in row.text
-    assert "character 2117325769 (Browser Pilot)" in row.text
+    assert f"character {CHARACTER} ({name})" in row.text
     assert "100%" in row.text
     assert "40 stored" in row.text
     bar = row.find_element(By.CSS_SELECTOR, "progress.backfill-progress")
