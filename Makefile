@@ -35,7 +35,7 @@ bench: install
 	$(BIN)/python -m benchmarks
 
 # The admin and GraphQL on http://127.0.0.1:8000/ in development mode. Without
-# CELERY_BROKER_URL, jobs started there run on the embedded runner's thread in this process.
+# CELERY_BROKER_URL, jobs started there run on this process's background runner (config/background.py).
 run: export DJANGO_DEBUG = true
 run: install
 	$(BIN)/python manage.py migrate --noinput

@@ -4,10 +4,10 @@ months drawn in plain HTML and CSS.
 
 Options are validated by `backfill.lifecycle.build_job`, so the admin shows the same one-line
 errors as `manage.py backfill`. A request only queues its jobs (`start_job(...,
-background=True)`): without a broker the embedded runner's thread runs them, so the page
-answers at once and the job's page shows its progress. Resume also restarts a running job
-that stopped moving (the watchdog's criterion). Starting work needs the custom permission
-`backfill.start_backfill` besides the model permissions.
+background=True)`): without a broker the background runner's thread (config.background)
+runs them, so the page answers at once and the job's page shows its progress. Resume also
+restarts a running job that stopped moving (the watchdog's criterion). Starting work needs
+the custom permission `backfill.start_backfill` besides the model permissions.
 
 "Backfill this character" (and corporation, alliance) is an action of the entity's admin,
 which killboard declares knowing nothing of backfill (killboard depends on no other app):

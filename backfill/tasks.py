@@ -3,8 +3,11 @@ from each page, and day tasks for the day dumps (a history job's days, a scoped 
 months). Celery beat runs the watchdog of stalled jobs and the coverage ledger's check.
 
 Without a broker the tasks run in-process: in the foreground for the commands, and on the
-embedded runner's thread (backfill.embedded) for web requests, which only hand off
-(`start_job(..., background=True)`); that thread runs the watchdog too.
+process's background runner (config.background) for web requests, which only hand off
+(`start_job(..., background=True)`): one job at a time, shared with enrichment's background
+work. The runner runs the watchdog too, at beat's cadence: a job left behind by a process
+that died (a restarted web server) stands still, and once it has for
+BACKFILL_STALLED_AFTER_SECONDS the runner takes it up again.
 
 Tasks are thin: they take ids, call a service, and queue the next step after the commit.
 Every task is idempotent (leases and claims in the database decide who does what), so they
@@ -25,9 +28,10 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from backfill import coverage, days, embedded, lifecycle, planning, services
+from backfill import coverage, days, lifecycle, planning, services
 from backfill.models import BackfillJob
 from config import retries
+from config.background import runner
 from config.retries import RetryingTask
 from killboard import ratelimit
 from upstream import clients
@@ -37,6 +41,10 @@ logger = logging.getLogger(__name__)
 
 # Task ids kept on a job for the admin's link to Flower.
 TASK_IDS_KEPT = 20
+# Seconds between two runs of the watchdog on the background runner: beat's schedule of it.
+WATCHDOG_SECONDS = settings.CELERY_BEAT_SCHEDULE["backfill-resume-stalled-jobs"][
+    "schedule"
+].total_seconds()
 
 TASK_OPTIONS: dict[str, Any] = {
     "bind": True,
@@ -288,10 +296,10 @@ def queue_job_steps(job_id: int) -> None:
 
 def start_job(job_id: int, *, background: bool = False) -> None:
     """Start (or resume) a queued job on the workers; without a broker, in this process: now,
-    or with `background` (a web request, which must answer at once) on the embedded runner's
-    thread once the current transaction commits."""
+    or with `background` (a web request, which must answer at once) on the background
+    runner's thread once the current transaction commits."""
     if background and settings.CELERY_TASK_ALWAYS_EAGER:
-        runner.submit(job_id)
+        runner.submit(partial(_run_in_background, job_id), f"job {job_id}")
         return
     queue_job_steps(job_id)
 
@@ -310,7 +318,7 @@ def resume_job(job_id: int, *, retry_failed: bool = False, background: bool = Fa
 
 
 def _run_in_background(job_id: int) -> None:
-    """The embedded runner's work: the job's steps to their end; a bug ends the job visibly."""
+    """The background runner's work: the job's steps to their end; a bug ends the job visibly."""
     try:
         queue_job_steps(job_id)
     except Exception as exc:
@@ -322,12 +330,14 @@ def _watch_in_background() -> None:
     resume_stalled(include_queued=True)
 
 
-# This process's embedded runner (used only without a broker).
-runner = embedded.Runner(_run_in_background, _watch_in_background)
+# At import, so before anything starts the runner: Django's start imports this module
+# (backfill's admin does), and config.wsgi starts the runner through it.
+runner.set_periodic(_watch_in_background, "the watchdog", WATCHDOG_SECONDS)
 
 
 def start_embedded_runner() -> None:
-    """Without a broker, start this process's runner now (a web server at its start), so its
-    watchdog takes up the jobs a restarted process left behind before anyone asks."""
+    """Without a broker, start this process's background runner now (a web server at its
+    start), so its watchdog takes up the jobs a restarted process left behind before anyone
+    asks."""
     if settings.CELERY_TASK_ALWAYS_EAGER:
         runner.start()

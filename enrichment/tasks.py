@@ -23,7 +23,6 @@ transient failures in a row: callers leave it out.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any, TypeVar
@@ -31,9 +30,10 @@ from typing import Any, TypeVar
 from celery import shared_task
 from celery.result import AsyncResult
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import transaction
 
 from config import retries
+from config.background import runner
 from config.retries import RetryingTask
 from enrichment import services
 from killboard.entities import BY_KIND, DETAILED
@@ -228,31 +228,16 @@ def fetch_details_soon(kind: str, ids: Sequence[int]) -> None:
     """Fetch these entities' details in the background, once the current transaction commits.
 
     For a web request, which must answer at once: with a broker a detail task on the kind's
-    queue; without one (the embedded default) a short thread of this process, which closes
-    its own database connection when done.
+    queue; without one (the embedded default) a piece of work for this process's background
+    runner (config.background), the one thread of all its background work: SQLite has one
+    writer. Nobody waits for it: if it fails, the runner logs it, the entities stay due and
+    the next view asks again.
     """
     ids = list(ids)
     if settings.CELERY_TASK_ALWAYS_EAGER:
-        transaction.on_commit(partial(_start_thread, kind, ids))
+        runner.submit(partial(services.ensure_details, kind, ids), f"details of {kind} {ids}")
     else:
         transaction.on_commit(partial(send_details, kind, ids))
-
-
-def _start_thread(kind: str, ids: list[int]) -> None:
-    thread = threading.Thread(
-        target=_fetch_in_thread, args=(kind, ids), name=f"enrichment-{kind}", daemon=True
-    )
-    thread.start()
-
-
-def _fetch_in_thread(kind: str, ids: list[int]) -> None:
-    try:
-        services.ensure_details(kind, ids)
-    except Exception:
-        # Nobody waits for this thread: the entity stays due, and the next view asks again.
-        logger.exception("Could not fetch the details of %s %s", kind, ids)
-    finally:
-        connection.close()
 
 
 def on_details_wanted(sender: Any, kind: str, ids: Sequence[int], **kwargs: Any) -> None:

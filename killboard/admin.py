@@ -143,6 +143,15 @@ def entity_label(entity: Entity | None, entity_id: int | None) -> str:
     return f"#{entity_id}" if entity_id else ""
 
 
+def nested_label(obj: Model, first: str, second: str) -> str:
+    """The label of `obj.<first>.<second>` (a type's group's category), as `entity_label`
+    gives it; empty while `obj.<first>` is not stored."""
+    reference = getattr(obj, first)
+    if reference is None:
+        return ""
+    return entity_label(getattr(reference, second), getattr(reference, f"{second}_id"))
+
+
 class ReadOnlyAdmin(ExtensibleAdmin):
     """Rows only ingest writes: nobody adds, edits or deletes them here, so nothing is lost
     by hand (a rejected killmail leaves the quarantine only when a retry stores it)."""
@@ -247,8 +256,7 @@ class ItemTypeAdmin(EntityAdmin):
 
     @admin.display(description="category", ordering="group__category__name")
     def category_name(self, obj: ItemType) -> str:
-        group = obj.group
-        return entity_label(group.category, group.category_id) if group else ""
+        return nested_label(obj, "group", "category")
 
 
 @admin.register(Region)
@@ -285,8 +293,7 @@ class SolarSystemAdmin(EntityAdmin):
 
     @admin.display(description="region", ordering="constellation__region__name")
     def region_name(self, obj: SolarSystem) -> str:
-        constellation = obj.constellation
-        return entity_label(constellation.region, constellation.region_id) if constellation else ""
+        return nested_label(obj, "constellation", "region")
 
 
 @admin.register(Faction)

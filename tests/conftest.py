@@ -13,7 +13,7 @@ import pytest
 from django.contrib.auth.models import Permission
 from django.test import Client
 
-from backfill import tasks
+from config.background import runner
 from fakeupstream.server import FakeUpstream
 from fakeupstream.world import SAMPLES_DIR, World
 
@@ -68,10 +68,10 @@ def _upstreams_nowhere(settings: Any) -> None:
 
 
 @pytest.fixture(autouse=True)
-def _embedded_runner_stopped() -> Iterator[None]:
-    """Jobs a request handed to the embedded runner end with their test, not in the next."""
+def _background_runner_stopped() -> Iterator[None]:
+    """Work a request handed to the background runner ends with its test, not in the next."""
     yield
-    tasks.runner.stop()
+    runner.stop()
 
 
 @pytest.fixture

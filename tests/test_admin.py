@@ -65,7 +65,7 @@ def action(client: Client, url: str, name: str, ids: list[int], **extra: Any) ->
 
 
 def jobs_ran() -> None:
-    """Wait for the jobs a request handed to the embedded runner (tests have no broker)."""
+    """Wait for the jobs a request handed to the background runner (tests have no broker)."""
     assert tasks.runner.wait_idle(60)
 
 

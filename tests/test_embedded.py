@@ -1,4 +1,4 @@
-"""Without a broker, web requests hand their jobs to the embedded runner and answer at once.
+"""Without a broker, web requests hand their jobs to the background runner and answer at once.
 
 The runner's thread needs the job's row committed, hence transactional tests. zKillboard
 starts unreachable (tests/conftest.py points every upstream at a closed port), the way the
@@ -8,7 +8,6 @@ issue met it: the request must not wait for the job's retries.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -17,9 +16,10 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from backfill import embedded, lifecycle, tasks
+from backfill import lifecycle, tasks
 from backfill.models import BackfillJob
 from config import retries
+from config.background import Runner
 from tests.factories import CharacterFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -44,12 +44,6 @@ def _quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     """Transient failures retried within a second, so a job with zKillboard away fails fast."""
     monkeypatch.setattr(retries, "BACKOFF_BASE", 0.01)
     monkeypatch.setattr(retries, "BACKOFF_CAP", 0.05)
-
-
-@pytest.fixture(autouse=True)
-def _runner_stopped_after() -> Iterator[None]:
-    yield
-    tasks.runner.stop()
 
 
 def backfill_this_character(client: Client, character_id: int) -> Any:
@@ -193,7 +187,8 @@ def test_the_runner_watchdog_keeps_looking_while_it_runs(fake: Any, world: Any, 
     settings.BACKFILL_STALLED_AFTER_SECONDS = 300
     world.add_character(2117325769, 4)
     job = lifecycle.create_job(2117325769)
-    runner = embedded.Runner(tasks._run_in_background, tasks._watch_in_background, 0.1)
+    runner = Runner()
+    runner.set_periodic(tasks._watch_in_background, "the watchdog", 0.1)
     runner.start()
     try:
         time.sleep(0.3)  # a first pass or more, with nothing to take up

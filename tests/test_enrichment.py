@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import math
 import threading
 import time
@@ -18,6 +19,8 @@ from django.utils.dateparse import parse_datetime
 
 from backfill import lifecycle, planning
 from backfill import tasks as backfill_tasks
+from backfill.models import BackfillJob
+from config.background import runner
 from enrichment import services, tasks
 from enrichment.models import QueuedRun
 from fakeupstream.server import FakeUpstream
@@ -39,6 +42,7 @@ from killboard.models import (
 from tests.conftest import GENEROUS_BUCKETS
 from tests.factories import CharacterFactory, CorporationFactory
 from upstream import clients
+from upstream.errors import Unavailable
 from upstream.esi import NAMES_MAX_IDS
 
 pytestmark = pytest.mark.django_db
@@ -476,26 +480,62 @@ def test_a_pilots_admin_page_fetches_its_details_in_the_background(
 
     assert admin_client.get(page).status_code == 200
 
-    deadline = time.monotonic() + 30
-    while Character.objects.get(id=PILOT).birthday is None and time.monotonic() < deadline:
-        time.sleep(0.05)
+    assert runner.wait_idle(30)
     pilot = Character.objects.get(id=PILOT)
     assert pilot.birthday == parse_datetime(world.character_details(PILOT)["birthday"])
     # Shown again while fresh: nothing is fetched.
     assert admin_client.get(page).status_code == 200
-    for thread in threading.enumerate():
-        if thread.name.startswith("enrichment-"):
-            thread.join(30)
+    assert runner.wait_idle(30)
     assert pilot_calls(fake) == 1
     # Stale after ENRICHMENT_MAX_AGE: the next view fetches again (an ETag makes it a 304).
     long_ago = timezone.now() - timedelta(days=30)
     Character.objects.filter(id=PILOT).update(details_updated_at=long_ago, expires_at=long_ago)
     admin_client.get(page)
-    for thread in threading.enumerate():
-        if thread.name.startswith("enrichment-"):
-            thread.join(30)
+    assert runner.wait_idle(30)
     assert pilot_calls(fake) == 2
     assert Character.objects.get(id=PILOT).details_updated_at > long_ago
+
+
+@embedded_only
+@pytest.mark.django_db(transaction=True)
+def test_an_admin_pages_detail_fetch_shares_the_jobs_runner_which_outlives_its_failure(
+    fake: FakeUpstream, world: World, admin_client, monkeypatch, caplog, settings
+) -> None:
+    fetched_on: list[threading.Thread] = []
+    ensure_details = services.ensure_details
+
+    def noting_the_thread(kind: str, ids: list[int], client=None):
+        fetched_on.append(threading.current_thread())
+        return ensure_details(kind, ids, client)
+
+    monkeypatch.setattr(services, "ensure_details", noting_the_thread)
+    Character.objects.create(id=PILOT, name="Shown")
+    page = f"/admin/killboard/character/{PILOT}/change/"
+    settings.ESI_URL = "http://127.0.0.1:9/esi/"  # closed: the first fetch fails
+
+    with caplog.at_level(logging.ERROR, logger="config.background"):
+        assert admin_client.get(page).status_code == 200
+        assert runner.wait_idle(30)
+
+    [failure] = caplog.records
+    assert failure.getMessage() == f"Background runner: details of character [{PILOT}] failed"
+    assert isinstance(failure.exc_info[1], Unavailable)
+    assert Character.objects.get(id=PILOT).birthday is None
+
+    settings.ESI_URL = fake.esi_url
+    admin_client.get(page)  # still due: this view asks again
+    job = lifecycle.create_job(PILOT, max_pages=1, limit=10)
+    backfill_tasks.start_job(job.pk, background=True)  # asks for its target's details too
+    assert runner.wait_idle(60)
+
+    pilot = Character.objects.get(id=PILOT)
+    assert pilot.birthday == parse_datetime(world.character_details(PILOT)["birthday"])
+    assert BackfillJob.objects.get(pk=job.pk).status == BackfillJob.Status.SUCCEEDED
+    # The failed fetch, the next one and the job's: one thread, which the failure did not end.
+    assert len(fetched_on) == 3
+    assert set(fetched_on) == {fetched_on[0]}
+    assert fetched_on[0] is not threading.main_thread()
+    assert fetched_on[0].is_alive()
 
 
 # -- triggers and visibility -----------------------------------------------------------------

@@ -207,7 +207,7 @@ def test_original_mutation_starts_a_backfill(admin_client: Client, fake: Any, wo
     assert payload["success"] is True
     assert payload["message"] == f"Backfill #{job.pk} of character {CHARACTER} queued."
     assert payload["queuedAt"].startswith(job.created_at.isoformat()[:19])
-    # The request only queued it; with no broker, the embedded runner's thread runs it.
+    # The request only queued it; with no broker, the background runner's thread runs it.
     assert payload["job"] == {"id": str(job.pk), "status": "queued"}
     assert tasks.runner.wait_idle(60)
     job.refresh_from_db()
@@ -316,7 +316,7 @@ def test_start_backfill_runs_a_backfill_of_the_target_to_success(
     assert stored_ids() == expected
     assert payload["success"] is True
     assert payload["message"] == f"Backfill #{job.pk} of {words} {target_id} queued."
-    assert payload["job"]["status"] == "queued"  # the embedded runner's thread runs it
+    assert payload["job"]["status"] == "queued"  # the background runner's thread runs it
     reported = graphql(admin_client, JOB, {"id": job.pk}).json()["data"]["backfillJob"]
     assert reported["status"] == "succeeded"
     assert (reported["targetType"], reported["targetId"]) == (words, target_id)

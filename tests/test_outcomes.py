@@ -318,7 +318,7 @@ def test_admin_retry_failed_finishes_a_partial_job(admin_client: Client, monkeyp
     )
 
     assert "Retrying 1 failed killmails of 1 jobs." in response.content.decode()
-    assert tasks.runner.wait_idle(60)  # the admin handed the retry to the embedded runner
+    assert tasks.runner.wait_idle(60)  # the admin handed the retry to the background runner
     job.refresh_from_db()
     assert (job.status, job.failed, job.stored) == ("succeeded", 0, 5)
 

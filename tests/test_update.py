@@ -302,7 +302,7 @@ def test_graphql_starts_an_update(admin_client: Client, fake, world):
         "job": None,
     }
     _graphql(admin_client, START_UPDATE, variables)
-    assert tasks.runner.wait_idle(60)  # the full run, handed to the embedded runner
+    assert tasks.runner.wait_idle(60)  # the full run, handed to the background runner
 
     started = _graphql(admin_client, START_UPDATE, _with_update(variables))
 
