@@ -8,10 +8,10 @@ same options (and `toDate`, and `update`: only what arrived since the last compl
 the same payload. Invalid input answers `success: false` with the same one-line message as
 the CLI, and queues nothing.
 
-`killmails` filters by character, by the victim's ship class (`shipGroupId`) or category
-(`shipCategoryId`), by constellation and by region, combined, from the stored entities (no
-upstream call); item types name their group and category, solar systems their constellation
-and region, each loaded only when the query asks for it.
+`killmails` filters by character, by the victim's ship type (`shipTypeId`), class
+(`shipGroupId`) or category (`shipCategoryId`), by constellation and by region, combined,
+from the stored entities (no upstream call); item types name their group and category, solar
+systems their constellation and region, each loaded only when the query asks for it.
 
 Limits: operation depth, tokens and aliases per document, page sizes (the killmails' attackers
 and items are paged too, with their counts), and the cost estimate of `api.limits`, so one
@@ -639,6 +639,7 @@ class Query:
         self,
         info: Info,
         character_id: BigInt | None = None,
+        ship_type_id: BigInt | None = None,
         ship_group_id: BigInt | None = None,
         ship_category_id: BigInt | None = None,
         constellation_id: BigInt | None = None,
@@ -647,14 +648,16 @@ class Query:
         limit: int = DEFAULT_PAGE,
     ) -> KillmailPage:
         """Killmails newest first; with characterId, those the character took part in; with
-        shipGroupId or shipCategoryId, those whose victim flew a ship of that group ("ship
-        class") or category; with constellationId or regionId, those that happened there.
-        The filters combine, and go by the stored entities: an id not stored matches nothing."""
+        shipTypeId, those whose victim flew that ship; with shipGroupId or shipCategoryId,
+        those whose victim flew a ship of that group ("ship class") or category; with
+        constellationId or regionId, those that happened there. The filters combine, and go
+        by the stored entities: an id not stored matches nothing."""
         size, start = _page_size(limit, MAX_KILLMAILS_PAGE), _offset(offset)
         fields = _selection_of(info, "items")
         queryset = _killmail_queryset(fields)
         for entity_id, scope in (
             (character_id, KillmailQuerySet.involving_character),
+            (ship_type_id, KillmailQuerySet.of_ship_type),
             (ship_group_id, KillmailQuerySet.of_ship_group),
             (ship_category_id, KillmailQuerySet.of_ship_category),
             (constellation_id, KillmailQuerySet.in_constellation),

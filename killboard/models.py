@@ -23,6 +23,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from django.db import models
+from django.db.models import Exists, OuterRef, Subquery
 from django.utils import timezone
 
 
@@ -257,10 +258,31 @@ class KillmailQuerySet(models.QuerySet):
         return self._involving(alliance_id=alliance_id)
 
     def _involving(self, **entity: int) -> KillmailQuerySet:
-        # Served by the participant_*_time_idx index of that entity (a partial index on
-        # "not null", which an equality to an id implies).
-        ids = Participant.objects.filter(**entity).values("killmail_id")
-        return self.filter(killmail_id__in=ids).order_by("-killmail_time", "-killmail_id")
+        return self._with(Participant.objects.filter(**entity)).order_by(
+            "-killmail_time", "-killmail_id"
+        )
+
+    def of_ship_type(self, type_id: int) -> KillmailQuerySet:
+        """Killmails whose victim flew a ship of this type (Rifter, Capsule...)."""
+        return self._with(Participant.objects.filter(is_victim=True, ship_type_id=type_id))
+
+    def _with(self, participants: models.QuerySet) -> KillmailQuerySet:
+        """Killmails that have one of `participants` (those of one entity).
+
+        Served by the entity's participant_*_idx, which holds its killmails in time order:
+        matching on the participant's copy of the time as well as the id lets PostgreSQL
+        merge that list with killmail_time_idx, and the entity's newest killmail (the
+        index's first entry) bounds where a page starts, so a character gone quiet months
+        ago is not looked for among everything since. At 1,000,000 killmails a page of a
+        busy character or a ship type takes a few ms, where asking each killmail "is X
+        in it?" from the newest took 57 ms, and 300 ms for a pilot last seen 36,000
+        killmails ago.
+        """
+        same = participants.filter(
+            killmail_id=OuterRef("killmail_id"), killmail_time=OuterRef("killmail_time")
+        )
+        newest = participants.order_by("-killmail_time").values("killmail_time")[:1]
+        return self.filter(Exists(same), killmail_time__lte=Subquery(newest))
 
     def of_ship_group(self, group_id: int) -> KillmailQuerySet:
         """Killmails whose victim flew a ship of the group (its "ship class": Frigate...).
@@ -268,15 +290,16 @@ class KillmailQuerySet(models.QuerySet):
         Known through the stored types: a ship type whose group enrichment has not fetched
         yet is in no group, and a group no stored type is in matches nothing.
         """
-        return self._victim_ship_in(ItemType.objects.filter(group_id=group_id))
+        return self._victim_ship(ship_type__in=ItemType.objects.filter(group_id=group_id))
 
     def of_ship_category(self, category_id: int) -> KillmailQuerySet:
         """Killmails whose victim's ship is of the category (Ship, Structure...), known
         through the stored types and groups."""
-        return self._victim_ship_in(ItemType.objects.filter(group__category_id=category_id))
+        types = ItemType.objects.filter(group__category_id=category_id)
+        return self._victim_ship(ship_type__in=types)
 
-    def _victim_ship_in(self, types: models.QuerySet) -> KillmailQuerySet:
-        victims = Participant.objects.filter(is_victim=True, ship_type__in=types.values("id"))
+    def _victim_ship(self, **ship: Any) -> KillmailQuerySet:
+        victims = Participant.objects.filter(is_victim=True, **ship)
         return self.filter(killmail_id__in=victims.values("killmail_id"))
 
     def in_constellation(self, constellation_id: int) -> KillmailQuerySet:
@@ -366,7 +389,8 @@ class Participant(models.Model):
         # every row at commit would cost bulk ingest a quarter of its time.
         db_constraint=False,
     )
-    # Copied from the killmail so "killmails of X by time" is served by one index.
+    # Copied from the killmail, and always equal to it: a target's killmails by time are
+    # read from one index (see `KillmailQuerySet._with`), their months with no killmail.
     killmail_time = models.DateTimeField()
     is_victim = models.BooleanField()
     ordinal = models.PositiveIntegerField()
@@ -396,26 +420,27 @@ class Participant(models.Model):
             ),
         ]
         indexes = [
-            # Killmails of a character, corporation or alliance, newest first.
+            # Killmails of a character, corporation or alliance, newest first
+            # (`involving_*`), and of a victim's ship type (`of_ship_type`; victims only, one
+            # entry a killmail): each entity's killmails in time order, so PostgreSQL merges
+            # them with killmail_time_idx, or probes them, and finds their newest at once.
             models.Index(
-                fields=["character", "-killmail_time"],
+                fields=["character", "-killmail_time", "killmail"],
                 name="participant_character_time_idx",
                 condition=models.Q(character__isnull=False),
             ),
             models.Index(
-                fields=["corporation", "-killmail_time"],
+                fields=["corporation", "-killmail_time", "killmail"],
                 name="participant_corp_time_idx",
                 condition=models.Q(corporation__isnull=False),
             ),
             models.Index(
-                fields=["alliance", "-killmail_time"],
+                fields=["alliance", "-killmail_time", "killmail"],
                 name="participant_alliance_time_idx",
                 condition=models.Q(alliance__isnull=False),
             ),
-            # Killmails by the victim's ship class or category (`of_ship_group`...): 400k
-            # killmails, a group's page 1.7 s -> 9 ms. Victims only: one entry per killmail.
             models.Index(
-                fields=["ship_type"],
+                fields=["ship_type", "-killmail_time", "killmail"],
                 name="participant_victim_ship_idx",
                 condition=models.Q(is_victim=True),
             ),

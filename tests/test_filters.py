@@ -5,6 +5,7 @@ and the GraphQL arguments and nested fields."""
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
@@ -17,7 +18,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from killboard.ingest import ingest_killmails
-from killboard.models import ItemGroup, Killmail
+from killboard.models import Constellation, ItemGroup, Killmail, SolarSystem
 from tests.conftest import logged_in_client
 from tests.factories import (
     AttackerFactory,
@@ -44,11 +45,11 @@ JITA, UKKALEN, AMARR = 30_000_142, 30_000_154, 30_002_187
 UNKNOWN = 77_777  # an id no stored row has, and no stored row references
 GRAPHQL = """
 query Killmails(
-  $shipGroupId: BigInt, $shipCategoryId: BigInt, $constellationId: BigInt,
-  $regionId: BigInt, $characterId: BigInt
+  $shipTypeId: BigInt, $shipGroupId: BigInt, $shipCategoryId: BigInt,
+  $constellationId: BigInt, $regionId: BigInt, $characterId: BigInt
 ) {
   killmails(
-    shipGroupId: $shipGroupId, shipCategoryId: $shipCategoryId,
+    shipTypeId: $shipTypeId, shipGroupId: $shipGroupId, shipCategoryId: $shipCategoryId,
     constellationId: $constellationId, regionId: $regionId, characterId: $characterId
   ) {
     items {
@@ -134,6 +135,41 @@ def test_killmails_are_filtered_by_the_victims_ship_class():
     assert ids(Killmail.objects.of_ship_group(CITADEL)) == [losses.citadel]
 
 
+def test_killmails_are_filtered_by_the_victims_ship_type():
+    losses = stored_losses()
+
+    assert ids(Killmail.objects.of_ship_type(RIFTER)) == [losses.frigate]
+    # Every killmail's attacker flew a Raven: only the battleship's victim counts.
+    assert ids(Killmail.objects.of_ship_type(RAVEN)) == [losses.battleship]
+    assert not Killmail.objects.of_ship_type(UNKNOWN).exists()
+
+
+def test_a_pilots_killmails_come_once_each_newest_first_whatever_their_role():
+    """Victim and attacker of one killmail (their own bomb), attacker in an older one, and
+    quiet since while others fight on: each of their killmails once, newest first, and a
+    page taken anywhere in the list holds what the whole list holds there."""
+    pilot = 90_000_001
+    own_bomb = KillmailFactory(
+        killmail_time="2025-02-01T00:00:00Z",
+        victim=VictimFactory(character_id=pilot),
+        attackers=[AttackerFactory(character_id=pilot), AttackerFactory()],
+    )
+    older = KillmailFactory(
+        killmail_time="2025-01-01T00:00:00Z",
+        attackers=[AttackerFactory(), AttackerFactory(character_id=pilot)],
+    )
+    since = [KillmailFactory(killmail_time=f"2025-03-{day:02}T00:00:00Z") for day in (1, 2, 3)]
+    assert ingest_killmails([older, own_bomb, *since]).new == 5
+
+    killmails = Killmail.objects.involving_character(pilot)
+
+    newest_first = [own_bomb["killmail_id"], older["killmail_id"]]
+    assert list(killmails.values_list("killmail_id", flat=True)) == newest_first
+    assert killmails.count() == 2
+    assert [k.killmail_id for k in killmails[1:2]] == newest_first[1:]
+    assert not Killmail.objects.involving_character(UNKNOWN).exists()
+
+
 def test_killmails_are_filtered_by_the_victims_ship_category():
     losses = stored_losses()
 
@@ -181,6 +217,10 @@ def test_filters_combine_with_each_other_and_with_character_and_dates():
     assert ids(in_forge.of_ship_group(CITADEL)) == []
     assert ids(in_forge.involving_character(losses.killer)) == [losses.frigate]
     assert ids(Killmail.objects.involving_character(losses.killer).in_region(DOMAIN)) == []
+    assert ids(in_forge.of_ship_type(RAVEN).involving_character(losses.killer)) == []
+    assert ids(Killmail.objects.of_ship_type(RIFTER).involving_character(losses.killer)) == [
+        losses.frigate
+    ]
     assert ids(in_forge.between(date(2025, 3, 2), None)) == [losses.battleship]
 
 
@@ -292,6 +332,45 @@ def test_admin_shows_a_types_group_and_category_and_a_systems_constellation_and_
     assert "The Forge" in regions.content.decode()
 
 
+def cells(changelist: str, *columns: str) -> list[tuple[str, ...]]:
+    """The change list's rows, in order, as the text of the named columns' cells."""
+    found = [
+        re.findall(rf'<td class="field-{column}">(.*?)</td>', changelist) for column in columns
+    ]
+    return list(zip(*found, strict=True))
+
+
+def test_admin_names_a_types_category_and_a_systems_region_by_id_until_they_are_stored(
+    admin_client: Client,
+):
+    universe()
+    ItemGroup.objects.create(id=UNKNOWN, name="Mystery", category_id=99)  # category not stored
+    ItemTypeFactory(id=22_222, group_id=UNKNOWN)
+    ItemTypeFactory(id=22_223, group_id=UNKNOWN + 1)  # group not stored
+    Constellation.objects.create(id=UNKNOWN, name="Mystery", region_id=99)  # region not stored
+    SolarSystem.objects.create(id=31_000_001, constellation_id=UNKNOWN)
+    SolarSystem.objects.create(id=31_000_002, constellation_id=UNKNOWN + 1)  # not stored
+
+    types = admin_client.get(reverse("admin:killboard_itemtype_changelist")).content.decode()
+    systems = admin_client.get(reverse("admin:killboard_solarsystem_changelist")).content.decode()
+
+    # Listed by id; "-" is the admin's empty value.
+    assert cells(types, "group_name", "category_name") == [
+        ("Frigate", "Ship"),
+        ("Battleship", "Ship"),
+        ("Mystery", "#99"),
+        (f"#{UNKNOWN + 1}", "-"),
+        ("Citadel", "Structure"),
+    ]
+    assert cells(systems, "constellation_name", "region_name") == [
+        ("Kimotoro", "The Forge"),
+        ("Otama", "The Forge"),
+        ("Throne Worlds", "Domain"),
+        ("Mystery", "#99"),
+        (f"#{UNKNOWN + 1}", "-"),
+    ]
+
+
 @pytest.mark.parametrize(
     "model", ["itemgroup", "itemcategory", "constellation", "region", "solarsystem", "itemtype"]
 )
@@ -362,9 +441,10 @@ def killmail_ids(client: Client, **variables: Any) -> list[int]:
     return sorted(item["killmailId"] for item in items)
 
 
-def test_graphql_filters_killmails_by_ship_class_category_constellation_and_region(api: Client):
+def test_graphql_filters_killmails_by_ship_type_class_category_place_and_character(api: Client):
     losses = stored_losses()
 
+    assert killmail_ids(api, shipTypeId=RAVEN) == [losses.battleship]
     assert killmail_ids(api, shipGroupId=FRIGATE) == [losses.frigate]
     assert killmail_ids(api, shipCategoryId=SHIP) == [losses.frigate, losses.battleship]
     assert killmail_ids(api, constellationId=OTAMA) == [losses.battleship]
