@@ -35,9 +35,9 @@ from killboard.rows import (
     PARTICIPANT_COLUMNS,
     PARTICIPANT_TYPES,
     ZKB_COLUMNS,
-    Fitted,
     entity_ids,
     fit,
+    fitted_rows,
     item_rows,
     killmail_row,
     participant_rows,
@@ -174,34 +174,41 @@ class PreparedBatch:
 def prepare_batch(records: Iterable[Any]) -> PreparedBatch:
     """Validate a batch and build the rows `_store` writes for it (no database work)."""
     result = IngestResult()
-    valid: dict[int, tuple[Mapping[str, Any], Mapping[str, Any] | None, Fitted | None]] = {}
-    plain: dict[int, bool] = {}
+    # Killmail id: (body, zkb, plain) of a record checked in Python, or the Struct of a
+    # plain record checked by msgspec (`fit`), as almost every record is.
+    valid: dict[int, tuple[Mapping[str, Any], Mapping[str, Any] | None, bool] | Any] = {}
     raw: dict[int, Any] = {}
     for record in records:
-        try:
-            body, zkb = split_record(record)
-            # Almost every body is plain: checked, and its rows' values taken, in one pass.
-            fitted = fit(body)
-            is_plain = fitted is not None or validate_body(body)
-        except InvalidKillmail as exc:
-            result.rejected.append(Rejection(exc.killmail_id, str(exc), record))
-            continue
-        killmail_id = body["killmail_id"]
+        checked = fit(record)
+        if checked is None:
+            try:
+                body, zkb = split_record(record)
+                checked = (body, zkb, validate_body(body))
+            except InvalidKillmail as exc:
+                result.rejected.append(Rejection(exc.killmail_id, str(exc), record))
+                continue
+            killmail_id = body["killmail_id"]
+        else:
+            killmail_id = checked.killmail_id
         if killmail_id in valid:
             result.existing_ids.append(killmail_id)
         else:
-            valid[killmail_id] = (body, zkb, fitted)
-            plain[killmail_id] = is_plain
+            valid[killmail_id] = checked
             raw[killmail_id] = record
     batch = PreparedBatch(result)
+    adapt = connection.ops.adapt_datetimefield_value
     for killmail_id in sorted(valid):
-        body, zkb, fitted = valid[killmail_id]
-        is_plain = plain[killmail_id]
+        checked = valid[killmail_id]
         try:
-            time = connection.ops.adapt_datetimefield_value(parse_time(body["killmail_time"]))
-            killmail = killmail_row(body, zkb, time, is_plain)
-            participants = participant_rows(body, time, is_plain, fitted)
-            items = item_rows(body, is_plain, fitted)
+            if type(checked) is tuple:
+                body, zkb, plain = checked
+                time = adapt(parse_time(body["killmail_time"]))
+                killmail = killmail_row(body, zkb, time, plain)
+                participants = participant_rows(body, time, plain)
+                items = item_rows(body, plain)
+            else:
+                time = adapt(parse_time(checked.killmail_time))
+                killmail, participants, items = fitted_rows(checked, time)
         except InvalidKillmail as exc:
             result.rejected.append(Rejection(killmail_id, str(exc), raw[killmail_id]))
             continue

@@ -5,9 +5,9 @@ column is read from the shapes, so a new typed field is the model, its migration
 in its shape. Building rows is Python work with no database in it: `killboard.ingest` does it
 in its reader thread while the server writes the batch before.
 
-A plain body's attackers and items (almost every killmail's, and most of its rows) are
-checked and turned into column values in one pass by msgspec when it is installed (`fit`),
-with Structs derived from the same shapes; the rows are the same either way.
+A plain record (almost every killmail) is checked and turned into column values in one pass
+by msgspec when it is installed (`fit`, `fitted_rows`), with Structs derived from the same
+shapes; the rows are the same either way.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
 
@@ -34,10 +33,11 @@ from killboard.shapes import (
     ZKB,
     InvalidKillmail,
     Shape,
-    head_fits,
     msgspec,
     nonempty_list,
 )
+
+astuple = None if msgspec is None else msgspec.structs.astuple
 
 # PostgreSQL types of the columns written in binary (COPY, unnest arrays), by field type.
 PG_TYPES = {
@@ -130,33 +130,40 @@ _ATTACKER_ROW = _Layout(ATTACKER, PARTICIPANT_COLUMNS[4:-1])
 _ITEM_ROW = _Layout(ITEM, ITEM_COLUMNS[3:-1])
 
 
-# Structs of the attackers and items that fit their shapes, fields in their rows' order.
-_ATTACKER_FIT = ATTACKER.struct(PARTICIPANT_COLUMNS[4:-1])
-_ITEM_FIT = ITEM.struct(ITEM_COLUMNS[3:-1], contents=CONTENT.struct(ITEM_COLUMNS[3:-1]))
-_ATTACKERS_FIT = None if msgspec is None else nonempty_list(_ATTACKER_FIT)
-_ITEMS_FIT = None if msgspec is None else nonempty_list(_ITEM_FIT)
-
-
-@dataclass(frozen=True)
-class Fitted:
-    """A plain body's attackers and items as msgspec checked them: Structs of column values."""
-
-    attackers: list[Any]
-    items: list[Any]
-
-
-def fit(body: Any) -> Fitted | None:
-    """A plain body's attackers and items, checked in one pass; None when the body is not
-    plain, or msgspec is not installed: then `killboard.shapes.validate_body` decides."""
-    if _ATTACKERS_FIT is None or not head_fits(body):
+def _record_struct() -> Any:
+    """The Struct of a plain record: a body whose every object fits its shape, with or
+    without its zkb (which then fits too), and nothing else; None without msgspec."""
+    if msgspec is None:
         return None
-    victim = body["victim"]
+    contents = nonempty_list(CONTENT.struct(ITEM_COLUMNS[3:-1]))
+    item = ITEM.struct(ITEM_COLUMNS[3:-1], nested=(("items", contents, False),))
+    victim = VICTIM.struct(
+        nested=(("position", POSITION.struct(), False), ("items", nonempty_list(item), False))
+    )
+    attackers = nonempty_list(ATTACKER.struct(PARTICIPANT_COLUMNS[4:-1]))
+    zkb = ZKB.struct()
+    return KILLMAIL.struct(
+        nested=(("victim", victim, True), ("attackers", attackers, True), ("zkb", zkb, False))
+    )
+
+
+# Attackers' and items' fields are in their rows' order, so a row is the Struct's tuple.
+_RECORD_FIT = _record_struct()
+
+
+def fit(record: Any) -> Any:
+    """A plain record checked, and its values taken, in one pass in C: a Struct, or None for
+    anything else (or without msgspec), which `split_record` and `validate_body` decide."""
+    if _RECORD_FIT is None or type(record) is not dict:
+        return None
     try:
-        attackers = msgspec.convert(body["attackers"], _ATTACKERS_FIT)
-        items = msgspec.convert(victim["items"], _ITEMS_FIT) if "items" in victim else []
+        fitted = msgspec.convert(record, _RECORD_FIT)
     except msgspec.ValidationError:
         return None
-    return Fitted(attackers, items)
+    # The Struct checks the time's spelling; whether it is a date is checked here.
+    if KILLMAIL.keys["killmail_time"].problem(fitted.killmail_time) is not None:
+        return None
+    return fitted
 
 
 def _entity_columns(model: type[Model], columns: tuple[str, ...]) -> list[tuple[int, Any]]:
@@ -258,37 +265,56 @@ def killmail_row(
 _LABELS = Killmail._meta.get_field("labels")
 
 
-def participant_rows(
-    body: Mapping[str, Any], time: Any, plain: bool, fitted: Fitted | None = None
-) -> list[tuple]:
+def fitted_rows(record: Any, time: Any) -> tuple[list[Any], list[tuple], list[tuple]]:
+    """The killmail row, participant rows and item rows of a plain record's Struct (`fit`):
+    what `killmail_row`, `participant_rows` and `item_rows` make of it, without extras."""
+    killmail_id = record.killmail_id
+    victim, zkb = record.victim, record.zkb
+    row: dict[str, Any] = dict.fromkeys(KILLMAIL_COLUMNS)
+    for name, column in KILLMAIL.pairs:
+        row[column] = getattr(record, name)
+    row["killmail_time"] = time
+    if victim.position is not None:
+        for name, column in POSITION.pairs:
+            row[column] = getattr(victim.position, name)
+    row["killmail_hash"] = ""
+    if zkb is not None:
+        for name, column in ZKB.pairs:
+            row[column] = getattr(zkb, name)
+        row["killmail_hash"] = zkb.hash or ""
+        if row["labels"] is not None:
+            row["labels"] = _LABELS.get_db_prep_save(row["labels"], connection)
+        if all(value is None for value in astuple(zkb)):
+            row["zkb_extra"] = "{}"  # an empty zkb: no column says it was there
+    victim_values = (None if name is None else getattr(victim, name) for name in _VICTIM_ROW.names)
+    participants = [(killmail_id, time, True, 0, *victim_values, None)]
+    for ordinal, attacker in enumerate(record.attackers):
+        participants.append((killmail_id, time, False, ordinal, *astuple(attacker), None))
+    items: list[tuple] = []
+    for item in victim.items or ():
+        container = len(items)
+        items.append((killmail_id, container, None, *astuple(item)[:-1], None))
+        for content in item.items or ():
+            items.append((killmail_id, len(items), container, *astuple(content), None))
+    return list(row.values()), participants, items
+
+
+def participant_rows(body: Mapping[str, Any], time: Any, plain: bool) -> list[tuple]:
     """PARTICIPANT_COLUMNS for the victim and each attacker of one killmail."""
     killmail_id = body["killmail_id"]
     victim = body["victim"]
     extra = None if plain else _extra_text(VICTIM, victim, "victim")
     rows = [(killmail_id, time, True, 0, *_VICTIM_ROW.values(victim), extra)]
-    if fitted is not None:
-        astuple = msgspec.structs.astuple
-        for ordinal, attacker in enumerate(fitted.attackers):
-            rows.append((killmail_id, time, False, ordinal, *astuple(attacker), None))
-        return rows
     for ordinal, attacker in enumerate(body["attackers"]):
         extra = None if plain else _extra_text(ATTACKER, attacker, f"attackers[{ordinal}]")
         rows.append((killmail_id, time, False, ordinal, *_ATTACKER_ROW.values(attacker), extra))
     return rows
 
 
-def item_rows(body: Mapping[str, Any], plain: bool, fitted: Fitted | None = None) -> list[tuple]:
+def item_rows(body: Mapping[str, Any], plain: bool) -> list[tuple]:
     """ITEM_COLUMNS for each item of one killmail, container contents after their container."""
     killmail_id = body["killmail_id"]
     rows: list[tuple] = []
-    if fitted is not None:
-        astuple = msgspec.structs.astuple
-        for item in fitted.items:
-            container = len(rows)
-            rows.append((killmail_id, container, None, *astuple(item)[:-1], None))
-            for content in item.items or ():
-                rows.append((killmail_id, len(rows), container, *astuple(content), None))
-        return rows
     container = None
     for ordinal, (item, is_content) in enumerate(walk_items(body["victim"].get("items", ()))):
         if not is_content:

@@ -13,10 +13,10 @@ written another way) stay verbatim in the extras of their row, which export lays
 the columns. zkb is zKillboard's metadata and never costs a body: a value out of shape there
 goes to the extras too.
 
-With msgspec installed, each shape of a list's elements (attackers, items) also derives a
-msgspec Struct that accepts exactly what `Shape.fits` accepts (never more), so that ingest
-checks a plain killmail's lists and takes their column values in one pass in C; without it,
-or for anything the Struct refuses, the checks here decide.
+With msgspec installed, each shape also derives a msgspec Struct that accepts exactly what
+`Shape.fits` accepts (never more), nested as the record is, so that ingest checks a plain
+record and takes its column values in one pass in C; without it, or for anything the Struct
+refuses, the checks here decide.
 
 Why one long module: every shape and the checks they derive, read as one description.
 """
@@ -235,32 +235,25 @@ class Shape:
                 return False
         return self.required <= value.keys()
 
-    def struct(self, columns: tuple[str, ...], contents: Any = None) -> Any:
-        """A msgspec Struct for the objects that fit this shape, its fields in `columns` order.
+    def struct(self, columns: tuple[str, ...] | None = None, nested: tuple[tuple, ...] = ()) -> Any:
+        """A msgspec Struct for the objects that fit this shape; None without msgspec.
 
-        Every column must be one of this shape's keys, of a kind a Struct checks exactly
-        (ids, integers, floats, booleans). `contents`: the Struct of a nested `items` list,
-        its last field. None without msgspec.
+        Its fields are the keys of `columns` in that order (every column one of this
+        shape's), else every key in the shape's order, then `nested`: (name, msgspec type,
+        required) for the nested objects and lists, which must match their own Structs. It
+        accepts exactly what `fits` accepts, never more.
         """
         if msgspec is None:
             return None
         by_column = {key.column: key for key in self.keys.values()}
+        keys = self.keys.values() if columns is None else [by_column[c] for c in columns]
         fields: list[tuple[str, Any] | tuple[str, Any, Any]] = []
-        for column in columns:
-            key = by_column[column]
-            if key.kind is ID or key.kind is INTEGER:
-                kind: Any = Annotated[int, msgspec.Meta(ge=key.low, le=key.high)]
-            elif key.kind is FLOAT:
-                bound = STRUCT_FLOAT_BOUND
-                kind = Annotated[float, msgspec.Meta(ge=-bound, le=bound)]
-            elif key.kind is BOOLEAN:
-                kind = bool
-            else:
-                raise TypeError(f"{column}: a Struct does not check {key.kind} values")
+        for key in keys:
             # An absent key is None; a null is refused, as `fits` refuses it.
+            kind = _struct_kind(key)
             fields.append((key.name, kind) if key.required else (key.name, kind, None))
-        if contents is not None:
-            fields.append(("items", nonempty_list(contents), None))
+        for name, kind, required in nested:
+            fields.append((name, kind) if required else (name, kind, None))
         name = f"{self.model.__name__}{len(fields)}Fit"
         return msgspec.defstruct(name, fields, forbid_unknown_fields=True, kw_only=True)
 
@@ -399,6 +392,26 @@ ZKB = shape(
         ("labels", "labels", LABELS),
     ],
 )
+
+
+def _struct_kind(key: Key) -> Any:
+    """The msgspec type of the values a column holds exactly, as `Shape.fits` checks them."""
+    kind = key.kind
+    if kind is ID or kind is INTEGER:
+        return Annotated[int, msgspec.Meta(ge=key.low, le=key.high)]
+    if kind is FLOAT:
+        return Annotated[float, msgspec.Meta(ge=-STRUCT_FLOAT_BOUND, le=STRUCT_FLOAT_BOUND)]
+    if kind is BOOLEAN:
+        return bool
+    if kind is TIME:
+        # The canonical spelling only; `parse_time` still checks the date is one.
+        return Annotated[str, msgspec.Meta(pattern=rf"\A{CANONICAL_TIME.pattern}\Z")]
+    if kind is HASH:
+        return Annotated[str, msgspec.Meta(pattern=r"\A[0-9a-f]{40}\Z")]
+    if kind is LABELS:
+        # `storable_text`: no NUL, no lone surrogate.
+        return list[Annotated[str, msgspec.Meta(pattern=r"\A[^\x00\ud800-\udfff]*\Z")]]
+    raise TypeError(f"{key.column}: a Struct does not check {kind} values")
 
 
 def nonempty_list(struct: Any) -> Any:

@@ -1,6 +1,6 @@
 """Without msgspec, reading and ingest give exactly what they give with it.
 
-msgspec is the fast path (JSON decoding, and the one-pass check of a plain killmail's lists);
+msgspec is the fast path (JSON decoding, and the one-pass check of a plain record);
 the standard library and `killboard.shapes` are the fallback when it is not installed. The
 files are read in a subprocess where `import msgspec` fails, and the rows are built with
 the Structs switched off, and both are compared with the fast path's, types included.
@@ -119,7 +119,7 @@ def _prepared(records: list[Any]) -> tuple[str, str, str, Any, list[Any]]:
 
 def _without_structs(monkeypatch: pytest.MonkeyPatch, records: list[Any]) -> Any:
     with monkeypatch.context() as patched:
-        patched.setattr(rows, "_ATTACKERS_FIT", None)
+        patched.setattr(rows, "_RECORD_FIT", None)
         return _prepared(records)
 
 
