@@ -7,8 +7,9 @@ an operator runs most at that size.
   rate is the anchor: the big import must keep it (within 15%).
 - Peak RSS of the big import (its rusage, through `memory.py`'s launcher), and the size of
   the killmail tables with their indexes per killmail (`pg_total_relation_size`).
-- Queries at 1,000,000 killmails, with the indexes the project keeps, after ANALYZE: a
-  character's killmails newest first (a page), a region's killmails of one month (a page
+- Queries at 1,000,000 killmails, with the indexes the project keeps, after VACUUM ANALYZE: a
+  character's killmails newest first (a page; the busiest pilot, and the one gone quiet
+  first, whose newest killmail lies deepest), a region's killmails of one month (a page
   and its count), killmails whose victim flew one ship type (a page). Each runs ROUNDS times;
   the best counts. Their EXPLAIN ANALYZE plans go to var/bench/scale-plans.txt. The fake
   world's solar systems are placed in constellations and regions first (REGIONS), as
@@ -125,12 +126,22 @@ def _plan(queryset: Any) -> tuple[str, float]:
 
 def _queries() -> tuple[list[tuple[str, Any, str]], dict[str, Any]]:
     """(name, queryset, "page" or "count") for each query, and what they ask for."""
-    from django.db.models import Count
+    from django.db.models import Count, Max
 
     from fakeupstream.world import REGIONS
     from killboard.models import Killmail, Participant
 
     character = CHARACTERS[0]
+    # The pilot with a page of killmails who went quiet first: the newest of theirs lies
+    # deepest among everyone's.
+    quiet = (
+        Participant.objects.filter(character__isnull=False)
+        .values("character_id")
+        .annotate(n=Count("*"), newest=Max("killmail_time"))
+        .filter(n__gte=PAGE)
+        .order_by("newest")
+        .values_list("character_id", flat=True)[0]
+    )
     busiest_region = max(set(REGIONS.values()), key=list(REGIONS.values()).count)
     newest = Killmail.objects.order_by("-killmail_time").values_list("killmail_time", flat=True)[0]
     month_start = (newest.date().replace(day=1) - timedelta(days=1)).replace(day=1)
@@ -150,6 +161,11 @@ def _queries() -> tuple[list[tuple[str, Any, str]], dict[str, Any]]:
             "page",
         ),
         (
+            f"a pilot gone quiet, newest first (page of {PAGE})",
+            Killmail.objects.involving_character(quiet)[:PAGE],
+            "page",
+        ),
+        (
             f"a region's month, newest first (page of {PAGE})",
             month.order_by("-killmail_time", "-killmail_id")[:PAGE],
             "page",
@@ -163,6 +179,7 @@ def _queries() -> tuple[list[tuple[str, Any, str]], dict[str, Any]]:
     ]
     about = {
         "character": character,
+        "pilot gone quiet": quiet,
         "region": busiest_region,
         "month": f"{month_start:%Y-%m}",
         "victim ship type": ship,
