@@ -1,8 +1,10 @@
 """Store batches of killmails: validate, then write in bulk, once, in one transaction.
 
-Idempotency lives in the database: killmails go in with `INSERT ... ON CONFLICT DO NOTHING
-RETURNING`, and participants and items are written only for the killmails that this very
-statement inserted, so a rerun, a redelivered message or two workers racing can never store
+Idempotency lives in the database: killmails go in only where their primary key is free
+(on PostgreSQL a COPY of those not stored yet, in a savepoint, falling back to `INSERT ...
+ON CONFLICT DO NOTHING RETURNING` should another writer store one in between; see
+`killboard.bulk`), and participants and items are written only for the killmails that this
+very call inserted, so a rerun, a redelivered message or two workers racing can never store
 a killmail, a participant or an item twice. Every id is written in ascending order, so two
 batches that share killmails or entities wait for each other instead of deadlocking.
 
