@@ -58,6 +58,7 @@ def _execute_binary(sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
     thousand ids is dumped as text several times slower than in binary. Never prepared, as
     Django's own statements are not, so a transaction-pooling proxy in front stays safe.
     """
+    connection.ensure_connection()  # Django opens its connection lazily
     with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
         cursor.execute(sql, params, prepare=False)
         return cursor.fetchall() if cursor.description else []

@@ -51,6 +51,18 @@ def test_a_batch_with_stored_killmails_inserts_and_returns_only_the_new_ones():
     assert stored_killmail_ids() == sorted(ids(old) | ids(new))
 
 
+@pytest.mark.django_db(transaction=True)
+def test_writes_open_the_connection_when_nothing_has_yet():
+    rows = killmail_rows(2)
+    connection.close()  # as a worker's connection after CONN_MAX_AGE, or a new thread's
+
+    register_entities({Character: [7]})
+    connection.close()
+    assert insert_killmails(rows) == ids(rows)
+    assert stored_killmail_ids() == sorted(ids(rows))
+    assert Character.objects.filter(id=7).exists()
+
+
 def test_a_batch_stored_already_inserts_nothing():
     rows = killmail_rows(3)
     insert_killmails(rows)
@@ -98,6 +110,7 @@ def wait_for_a_lock_wait(timeout: float = 10.0) -> None:
 def test_two_writers_racing_on_the_same_killmails_store_each_once(monkeypatch):
     rows = killmail_rows(4)
     theirs, ours = rows[:3], rows[1:]
+    connection.ensure_connection()  # ours is open before theirs begins
     returned: dict[str, set[int]] = {}
     inserted_uncommitted = threading.Event()
     fallbacks = []
