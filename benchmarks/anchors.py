@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,19 +81,12 @@ def _entity_columns(model: Any) -> tuple[list[str], list[str], list[Any]]:
     return columns, types, values
 
 
-def _copy(cursor: Any, table: str, columns: list[str], types: list[str], rows: Iterator) -> None:
-    sql = f'COPY "{table}" ({", ".join(columns)}) FROM STDIN (FORMAT BINARY)'
-    with cursor.copy(sql) as copy:
-        copy.set_types(types)
-        for row in rows:
-            copy.write_row(row)
-
-
 def copy_rows(rows: Rows) -> None:
     """Stream `rows` into their tables with binary COPY, one transaction (PostgreSQL only)."""
-    from django.db import connection, transaction
+    from django.db import transaction
     from django.utils import timezone
 
+    from killboard import bulk
     from killboard.models import Item, Killmail, Participant
     from killboard.rows import (
         ITEM_COLUMNS,
@@ -105,32 +98,23 @@ def copy_rows(rows: Rows) -> None:
     )
 
     now = timezone.now()
-    with transaction.atomic(), connection.cursor() as django_cursor:
-        cursor = django_cursor.cursor  # psycopg's own, which has copy()
+    with transaction.atomic():
         for model, ids in rows.entities.items():
             columns, types, values = _entity_columns(model)
-            _copy(
-                cursor,
-                model._meta.db_table,
+            bulk.copy_rows(
+                model,
                 ["id", *columns],
                 ["int8", *types],
                 ((entity_id, *values) for entity_id in ids),
             )
-        _copy(
-            cursor,
-            Killmail._meta.db_table,
+        bulk.copy_rows(
+            Killmail,
             [*KILLMAIL_COLUMNS, "created_at"],
             [*KILLMAIL_TYPES, "timestamptz"],
             ((*row, now) for row in rows.killmails),
         )
-        _copy(
-            cursor,
-            Participant._meta.db_table,
-            list(PARTICIPANT_COLUMNS),
-            list(PARTICIPANT_TYPES),
-            iter(rows.participants),
-        )
-        _copy(cursor, Item._meta.db_table, list(ITEM_COLUMNS), list(ITEM_TYPES), iter(rows.items))
+        bulk.copy_rows(Participant, PARTICIPANT_COLUMNS, PARTICIPANT_TYPES, rows.participants)
+        bulk.copy_rows(Item, ITEM_COLUMNS, ITEM_TYPES, rows.items)
 
 
 def copy_rate(rows: Rows) -> float:

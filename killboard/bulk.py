@@ -176,7 +176,7 @@ def _copy_in_savepoint(
     """
     try:
         with transaction.atomic():
-            _copy(model, columns, types, rows)
+            copy_rows(model, columns, types, rows)
     except IntegrityError as exc:
         if isinstance(exc.__cause__, psycopg.errors.UniqueViolation):
             return False
@@ -193,7 +193,7 @@ def write_rows(
     if not rows:
         return
     if connection.vendor == "postgresql":
-        _copy(model, columns, types, rows)
+        copy_rows(model, columns, types, rows)
         return
     table = connection.ops.quote_name(model._meta.db_table)
     placeholders = ", ".join(["%s"] * len(columns))
@@ -203,7 +203,7 @@ def write_rows(
         )
 
 
-def _copy(
+def copy_rows(
     model: type[Model], columns: tuple[str, ...], types: tuple[str, ...], rows: Iterable[tuple]
 ) -> None:
     """PostgreSQL: stream rows into the model's table with one binary COPY."""

@@ -27,6 +27,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Annotated, Any
 
 try:
@@ -193,9 +194,9 @@ class Shape:
         required = {name for name, key in self.keys.items() if key.required}
         object.__setattr__(self, "required", frozenset(required | self.nested_required))
 
-    @property
+    @cached_property
     def pairs(self) -> list[tuple[str, str]]:
-        """(JSON key, column) for every known key, in export order."""
+        """(JSON key, column) for every known key, in export order (read for every row)."""
         return [(name, key.column) for name, key in self.keys.items()]
 
     def fits(self, value: Any) -> bool:
